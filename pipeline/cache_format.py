@@ -1,0 +1,254 @@
+"""The feature cache on disk: the contract between stage one (writes) and stage two (reads).
+
+One cache directory holds one split (the CLI's `--cache cache/default` holds `train/`, `val/`, `test/`):
+
+    SPLIT_DIR/
+      plan.json        fingerprint fields + the shard plan; written first, before any shard
+      text/00000.h5    caption shards, contiguous runs of the captions sorted by caption id
+      image/00000.h5   image shards, contiguous runs of the unique images sorted by image id
+      report.json      skipped items (--on-error skip), truncated captions, timings
+      manifest.json    written last: the plan plus each shard's sha256 and counts.
+                       Its presence is what makes the cache complete.
+
+Text shard datasets (C captions, T tokens in all):
+    states      (T, d_t)  storage dtype   hidden state of every token, captions back to back
+    offsets     (C+1,)    int64           caption c owns rows offsets[c]:offsets[c+1]
+    token_ids   (T,)      int32
+    char_spans  (T, 2)    int32           (start, end) character offsets in the caption; (0, 0) for specials
+    caption_ids (C,)      bytes (utf-8)
+    image_ids   (C,)      bytes (utf-8)   the image each caption belongs to
+    truncated   (C,)      bool            caption was longer than max_length
+Image shard datasets (N images, m patches, P prefix tokens):
+    patches     (N, m, d_v) storage dtype final-norm patch tokens, row-major over the grid
+    prefix      (N, P, d_v) storage dtype prefix tokens (CLS first, then registers); P may be 0
+    image_ids   (N,)      bytes (utf-8)
+    sizes       (N, 2)    int32           original (width, height) in pixels, before preprocessing
+  attrs: grid_h, grid_w (patch grid), num_prefix_tokens.
+
+Every shard is written to a temporary file in the same folder and renamed into place (`atomic_h5`):
+a shard under its final name is complete. Bytes are deterministic (no timestamps, fixed chunking), so
+the same inputs give identical files and DVC sees no change.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from pipeline.errors import CacheError
+
+FORMAT_VERSION = 1
+PLAN, MANIFEST, REPORT = "plan.json", "manifest.json", "report.json"
+MODALITIES = ("text", "image")
+
+
+def shard_path(split_dir: Path, modality: str, index: int) -> Path:
+    return Path(split_dir) / modality / f"{index:05d}.h5"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path in the final file's folder; rename it into place only on success.
+
+    Same folder, so the rename is atomic on POSIX; a crash or SIGKILL leaves at most a `.tmp-*`
+    file, never a half-written file under the final name."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:  # durable before it becomes visible
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_h5(final: Path) -> Iterator[h5py.File]:
+    with atomic_path(final) as tmp:
+        # libver pinned and no timestamps: identical inputs -> identical bytes.
+        with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False) as f:
+            yield f
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def put(f: h5py.File, name: str, array: np.ndarray, chunk_rows: int = 1024) -> None:
+    """Create a dataset with deterministic layout: fixed chunking along the first axis, no times."""
+    array = np.asarray(array)
+    chunks = None
+    if array.ndim >= 1 and array.shape[0] > 0:
+        chunks = (min(chunk_rows, array.shape[0]),) + array.shape[1:]
+    f.create_dataset(name, data=array, chunks=chunks, track_times=False)
+
+
+def encode_ids(ids: list[str]) -> np.ndarray:
+    raw = [s.encode("utf-8") for s in ids]
+    width = max((len(b) for b in raw), default=1) or 1
+    return np.array(raw, dtype=f"S{width}")
+
+
+def decode_ids(array) -> list[str]:
+    return [b.decode("utf-8") for b in np.asarray(array)]
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+def digest(obj) -> str:
+    """sha256 of a JSON-able object in canonical form."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint_diff(expected: dict, found: dict, prefix: str = "") -> list[str]:
+    """Names of the fields whose values differ (nested keys joined by dots)."""
+    diffs = []
+    for key in sorted(set(expected) | set(found)):
+        a, b = expected.get(key, "<absent>"), found.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += fingerprint_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}")
+    return diffs
+
+
+def check_fingerprint(split_dir: Path, expected: dict, which: str = PLAN) -> None:
+    """Fail, naming the differing fields, when the cache was made with another configuration."""
+    path = Path(split_dir) / which
+    found = read_json(path)["fingerprint"]
+    diffs = fingerprint_diff(expected, found)
+    if diffs:
+        shown = ", ".join(f"{d} (cache: {_get(found, d)!r}, now: {_get(expected, d)!r})" for d in diffs[:8])
+        raise CacheError(f"file {path}: the cache was built with another configuration; fields that differ: {shown}")
+
+
+def _get(d: dict, dotted: str):
+    for k in dotted.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return "<absent>"
+        d = d[k]
+    return d if not isinstance(d, str) or len(d) < 80 else d[:16] + "..."
+
+
+def read_json(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise CacheError(f"file {path}: not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CacheError(f"file {path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+
+
+# ----------------------------------------------------------------------------- reading
+
+@dataclass
+class TextSplit:
+    """All caption shards of a split concatenated in memory (or memory-mapped views of them)."""
+    states: np.ndarray       # (T, d_t)
+    offsets: np.ndarray      # (C+1,)
+    token_ids: np.ndarray    # (T,)
+    char_spans: np.ndarray   # (T, 2)
+    caption_ids: list[str]
+    image_ids: list[str]
+    truncated: np.ndarray    # (C,)
+
+
+@dataclass
+class ImageSplit:
+    patches: np.ndarray      # (N, m, d_v)
+    prefix: np.ndarray       # (N, P, d_v)
+    image_ids: list[str]
+    sizes: np.ndarray        # (N, 2)
+    grid: tuple[int, int]
+    num_prefix_tokens: int
+
+
+def open_manifest(split_dir: Path) -> dict:
+    """The manifest of a complete cache, or a clear error saying what is missing."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise CacheError(f"file {split_dir}: cache folder not found (run `groundedbert extract` first)")
+    if not (split_dir / MANIFEST).exists():
+        detail = "extraction was interrupted; run the same `groundedbert extract` again to finish it" \
+            if (split_dir / PLAN).exists() else "not a feature cache"
+        raise CacheError(f"file {split_dir / MANIFEST}: missing, the cache is incomplete ({detail})")
+    return read_json(split_dir / MANIFEST)
+
+
+def shard_files(split_dir: Path, manifest: dict, modality: str) -> list[Path]:
+    return [Path(split_dir) / s["file"] for s in manifest["shards"][modality]]
+
+
+def _read_shard(path: Path, names: tuple[str, ...]) -> dict:
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [n for n in names if n not in f]
+            if missing:
+                raise CacheError(f"file {path}: corrupt shard, datasets missing: {missing}")
+            out = {n: f[n][()] for n in names}
+            out["attrs"] = dict(f.attrs)
+            return out
+    except (OSError, KeyError) as e:
+        raise CacheError(f"file {path}: cannot read shard ({e})") from e
+
+
+def load_text(split_dir: Path) -> TextSplit:
+    manifest = open_manifest(split_dir)
+    names = ("states", "offsets", "token_ids", "char_spans", "caption_ids", "image_ids", "truncated")
+    parts = [_read_shard(p, names) for p in shard_files(split_dir, manifest, "text")]
+    if not parts:
+        raise CacheError(f"file {Path(split_dir) / MANIFEST}: the split has no captions")
+    offsets, base = [np.zeros(1, np.int64)], 0
+    for p in parts:
+        offsets.append(p["offsets"][1:] + base)
+        base += int(p["offsets"][-1])
+    return TextSplit(
+        states=np.concatenate([p["states"] for p in parts]),
+        offsets=np.concatenate(offsets),
+        token_ids=np.concatenate([p["token_ids"] for p in parts]),
+        char_spans=np.concatenate([p["char_spans"] for p in parts]),
+        caption_ids=sum((decode_ids(p["caption_ids"]) for p in parts), []),
+        image_ids=sum((decode_ids(p["image_ids"]) for p in parts), []),
+        truncated=np.concatenate([p["truncated"] for p in parts]),
+    )
+
+
+def load_images(split_dir: Path) -> ImageSplit:
+    manifest = open_manifest(split_dir)
+    names = ("patches", "prefix", "image_ids", "sizes")
+    parts = [_read_shard(p, names) for p in shard_files(split_dir, manifest, "image")]
+    if not parts:
+        raise CacheError(f"file {Path(split_dir) / MANIFEST}: the split has no images")
+    a = parts[0]["attrs"]
+    return ImageSplit(
+        patches=np.concatenate([p["patches"] for p in parts]),
+        prefix=np.concatenate([p["prefix"] for p in parts]),
+        image_ids=sum((decode_ids(p["image_ids"]) for p in parts), []),
+        sizes=np.concatenate([p["sizes"] for p in parts]),
+        grid=(int(a["grid_h"]), int(a["grid_w"])),
+        num_prefix_tokens=int(a["num_prefix_tokens"]),
+    )
