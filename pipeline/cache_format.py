@@ -252,3 +252,40 @@ def load_images(split_dir: Path) -> ImageSplit:
         grid=(int(a["grid_h"]), int(a["grid_w"])),
         num_prefix_tokens=int(a["num_prefix_tokens"]),
     )
+
+
+# ----------------------------------------------------------------------------- writing one shard
+
+def write_text_shard(path: Path, *, states: list[np.ndarray], token_ids: list[np.ndarray],
+                     char_spans: list[np.ndarray], caption_ids: list[str], image_ids: list[str],
+                     truncated: list[bool], storage_dtype: str, attrs: dict | None = None) -> None:
+    """Write one caption shard atomically. Lists are per caption, in the order they will be stored
+    (sorted by caption id, whatever order the batches were computed in)."""
+    lengths = np.array([len(s) for s in states], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    d = states[0].shape[1] if states else 0
+    with atomic_h5(path) as f:
+        put(f, "states", np.concatenate(states).astype(storage_dtype) if states else np.zeros((0, d), storage_dtype))
+        put(f, "offsets", offsets)
+        put(f, "token_ids", np.concatenate(token_ids).astype(np.int32) if token_ids else np.zeros(0, np.int32))
+        put(f, "char_spans", np.concatenate(char_spans).astype(np.int32) if char_spans else np.zeros((0, 2), np.int32))
+        put(f, "caption_ids", encode_ids(caption_ids))
+        put(f, "image_ids", encode_ids(image_ids))
+        put(f, "truncated", np.asarray(truncated, dtype=bool))
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+
+
+def write_image_shard(path: Path, *, patches: np.ndarray, prefix: np.ndarray, image_ids: list[str],
+                      sizes: np.ndarray, grid: tuple[int, int], num_prefix_tokens: int,
+                      storage_dtype: str, attrs: dict | None = None) -> None:
+    """Write one image shard atomically; one chunk per image so readers can gather rows cheaply."""
+    with atomic_h5(path) as f:
+        put(f, "patches", np.asarray(patches).astype(storage_dtype), chunk_rows=1)
+        put(f, "prefix", np.asarray(prefix).astype(storage_dtype), chunk_rows=1)
+        put(f, "image_ids", encode_ids(image_ids))
+        put(f, "sizes", np.asarray(sizes, dtype=np.int32))
+        f.attrs["grid_h"], f.attrs["grid_w"] = int(grid[0]), int(grid[1])
+        f.attrs["num_prefix_tokens"] = int(num_prefix_tokens)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
