@@ -1,0 +1,63 @@
+"""The layered configuration: defaults -> experiment deltas -> --set overrides."""
+import json
+
+import pytest
+
+from pipeline.config import load_defaults, resolve, save_resolved
+from pipeline.errors import ConfigError
+
+
+def test_defaults_have_every_section():
+    cfg = load_defaults()
+    assert {"data", "extract", "train", "evaluate"} <= set(cfg)
+
+
+def test_experiment_file_holds_only_deltas(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("train:\n  mass: 1.0\n  d_g: 64\n")
+    cfg = resolve(exp)
+    assert cfg["train"]["mass"] == 1.0 and cfg["train"]["d_g"] == 64
+    assert cfg["train"]["epsilon"] == load_defaults()["train"]["epsilon"]  # untouched keys keep defaults
+
+
+def test_overrides_win_over_experiment_and_keep_types(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("train:\n  mass: 1.0\n")
+    cfg = resolve(exp, ["train.mass=0.3", "train.lambda_ot=0", "train.layernorm=false", "train.negative_mode=hard"])
+    assert cfg["train"]["mass"] == 0.3
+    assert cfg["train"]["lambda_ot"] == 0.0 and isinstance(cfg["train"]["lambda_ot"], float)
+    assert cfg["train"]["layernorm"] is False
+    assert cfg["train"]["negative_mode"] == "hard"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.nope=1", "unknown configuration key 'train.nope'"),
+    ("nosection.key=1", "unknown configuration section 'nosection'"),
+    ("train.mass=abc", "wants a number"),
+    ("train.mass", "not of the form key=value"),
+])
+def test_bad_overrides_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(None, [override])
+
+
+def test_unknown_key_in_experiment_file(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("train:\n  masss: 1.0\n")
+    with pytest.raises(ConfigError, match="train.masss"):
+        resolve(exp)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        resolve(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        resolve(bad)
+
+
+def test_resolved_config_is_saved(tmp_path):
+    cfg = resolve(None, ["train.mass=0.25"])
+    path = save_resolved(cfg, tmp_path / "run")
+    assert json.loads(path.read_text())["train"]["mass"] == 0.25
