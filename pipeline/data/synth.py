@@ -1,0 +1,147 @@
+"""The embedded default dataset: coloured shapes with templated captions and word-to-box ground truth.
+
+    OUT/captions.jsonl   the JSONL manifest (image, caption, split, caption_id, image_id), read by load_split
+    OUT/images/*.png     the images (paths in the manifest are relative to OUT)
+    OUT/grounding.json   caption id -> [{start, end, text, box, shape, colour}]: which words name which box
+    OUT/summary.json     counts per split and the parameters that made it; OUT/README.md says the same
+
+Every image draws from its own generator seeded by (seed, index), so the bytes of image i do not
+depend on how many images come before it, and the same seed always gives byte-identical files
+(PNG written without timestamps, JSON with fixed key order). Splits are by image.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.synth_captions import make_captions
+from pipeline.data.synth_scene import render_scene
+from pipeline.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+MANIFEST, GROUNDING, SUMMARY = "captions.jsonl", "grounding.json", "summary.json"
+_SPLIT_STREAM = 7919  # a second seed component, so the split shuffle is its own random stream
+
+
+def synthesize(out_dir: Path, images: int, captions_per_image: int, image_size: int, seed: int,
+               val_fraction: float, test_fraction: float) -> dict:
+    """Write the dataset under `out_dir` and return its summary."""
+    _check(images, captions_per_image, image_size, seed, val_fraction, test_fraction)
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    split_of = assign_splits(images, val_fraction, test_fraction, seed)
+
+    lines, grounding = [], {}
+    counts = {s: Counter() for s in SPLITS}
+    shapes_seen, colours_seen = Counter(), Counter()
+    for i in range(images):
+        rng = np.random.default_rng([seed, i])
+        image, shapes, bg, masks = render_scene(rng, image_size)
+        overlaps = {(a, b) for a in range(len(masks)) for b in range(len(masks))
+                    if a != b and (masks[a] & masks[b]).any()}
+        captions = make_captions(rng, shapes, bg, image_size, captions_per_image, overlaps)
+        image_id, rel_path = f"img{i:05d}", f"images/img{i:05d}.png"
+        _atomic(out_dir / rel_path, lambda tmp: image.save(tmp, format="PNG", compress_level=6))
+        split = split_of[i]
+        counts[split]["images"] += 1
+        counts[split]["captions"] += len(captions)
+        shapes_seen.update(s.kind for s in shapes)
+        colours_seen.update(s.colour for s in shapes)
+        for k, (text, phrases) in enumerate(captions):
+            caption_id = f"{image_id}_{k}"
+            lines.append(json.dumps({"caption_id": caption_id, "image_id": image_id, "image": rel_path,
+                                     "caption": text, "split": split}, ensure_ascii=False))
+            grounding[caption_id] = phrases
+    _remove_stale_images(out_dir / "images", images)
+
+    summary = {
+        "format": "jsonl", "manifest": MANIFEST, "grounding": GROUNDING,
+        "images": images, "captions": len(lines),
+        "splits": {s: {"images": counts[s]["images"], "captions": counts[s]["captions"]} for s in SPLITS},
+        "shapes": dict(sorted(shapes_seen.items())), "colours": dict(sorted(colours_seen.items())),
+        "params": {"images": images, "captions_per_image": captions_per_image, "image_size": image_size,
+                   "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction},
+    }
+    _write_text(out_dir / GROUNDING, json.dumps(grounding, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    _write_text(out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    _write_text(out_dir / "README.md", _readme(summary))
+    # The manifest goes last: a run killed half way leaves no manifest promising files it never wrote.
+    _write_text(out_dir / MANIFEST, "\n".join(lines) + "\n")
+    return summary
+
+
+def assign_splits(images: int, val_fraction: float, test_fraction: float, seed: int) -> list[str]:
+    """A split name per image index; a non-zero fraction gets at least one image when there are enough."""
+    def share(fraction):
+        n = int(round(images * fraction))
+        return max(n, 1) if fraction > 0 and images >= 3 else n
+    n_val, n_test = share(val_fraction), share(test_fraction)
+    order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(images)
+    split_of = ["train"] * images
+    for rank, index in enumerate(order):
+        if rank < n_test:
+            split_of[index] = "test"
+        elif rank < n_test + n_val:
+            split_of[index] = "val"
+    return split_of
+
+
+def _check(images, captions_per_image, image_size, seed, val_fraction, test_fraction) -> None:
+    if seed < 0:
+        raise ConfigError(f"data.seed must be a non-negative integer, got {seed}")
+    if images < 1:
+        raise ConfigError(f"data.images must be at least 1, got {images}")
+    if captions_per_image < 1:
+        raise ConfigError(f"data.captions_per_image must be at least 1, got {captions_per_image}")
+    if image_size < 32:
+        raise ConfigError(f"data.image_size must be at least 32 pixels (shapes need room), got {image_size}")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ConfigError(f"data.val_fraction and data.test_fraction must be in [0, 1) and leave some "
+                          f"training images, got {val_fraction} and {test_fraction}")
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: a file under its final name is whole."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _remove_stale_images(folder: Path, images: int) -> None:
+    """A rerun with fewer images into the same folder must not leave the old extra files behind."""
+    for path in folder.glob("img*.png"):
+        stem = path.stem[3:]
+        if stem.isdigit() and int(stem) >= images:
+            path.unlink()
+
+
+def _readme(summary: dict) -> str:
+    p = summary["params"]
+    rows = "\n".join(f"| {s} | {c['images']} | {c['captions']} |" for s, c in summary["splits"].items())
+    return f"""# Synthetic grounded captions (generated; do not edit)
+
+Made by `groundedbert data synth` with seed {p['seed']}: {summary['images']} images of
+{p['image_size']} px, {p['captions_per_image']} captions each. Coloured shapes ({', '.join(summary['shapes'])})
+on gradient, striped, noisy or plain backgrounds; captions name shapes by colour, size and kind with
+synonyms, relations between shapes computed from their positions, and lists with counts.
+
+- `{summary['manifest']}`: JSONL manifest (`image`, `caption`, `split`, `caption_id`, `image_id`).
+- `images/`: PNG images; manifest paths are relative to this folder.
+- `{summary['grounding']}`: for each caption id, the phrases that name a shape: character span
+  `[start, end)`, the text, and the shape's box `[x0, y0, x1, y1]` in pixels (x1, y1 exclusive).
+
+| split | images | captions |
+|---|---|---|
+{rows}
+"""
