@@ -23,7 +23,8 @@ Image shard datasets (N images, m patches, P prefix tokens):
     prefix      (N, P, d_v) storage dtype prefix tokens (CLS first, then registers); P may be 0
     image_ids   (N,)      bytes (utf-8)
     sizes       (N, 2)    int32           original (width, height) in pixels, before preprocessing
-  attrs: grid_h, grid_w (patch grid), num_prefix_tokens.
+  attrs: grid_h, grid_w (patch grid), num_prefix_tokens; skipped (JSON list of the shard's images left
+         out under --on-error skip: file, item, image_id, reason).
 
 Every shard is written to a temporary file in the same folder and renamed into place (`atomic_h5`):
 a shard under its final name is complete. Bytes are deterministic (no timestamps, fixed chunking), so
@@ -66,6 +67,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", dir=final.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache on a shared filesystem is read by other users
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:  # durable before it becomes visible
@@ -258,12 +260,14 @@ def load_images(split_dir: Path) -> ImageSplit:
 
 def write_text_shard(path: Path, *, states: list[np.ndarray], token_ids: list[np.ndarray],
                      char_spans: list[np.ndarray], caption_ids: list[str], image_ids: list[str],
-                     truncated: list[bool], storage_dtype: str, attrs: dict | None = None) -> None:
+                     truncated: list[bool], storage_dtype: str, attrs: dict | None = None,
+                     dim: int | None = None) -> None:
     """Write one caption shard atomically. Lists are per caption, in the order they will be stored
-    (sorted by caption id, whatever order the batches were computed in)."""
+    (sorted by caption id, whatever order the batches were computed in). `dim` gives an empty shard
+    (every caption dropped with its skipped image) the width of the others."""
     lengths = np.array([len(s) for s in states], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    d = states[0].shape[1] if states else 0
+    d = states[0].shape[1] if states else (dim or 0)
     with atomic_h5(path) as f:
         put(f, "states", np.concatenate(states).astype(storage_dtype) if states else np.zeros((0, d), storage_dtype))
         put(f, "offsets", offsets)

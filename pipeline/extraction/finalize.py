@@ -1,0 +1,94 @@
+"""Finishing a split: manifest.json (the plan + each shard's sha256 and counts) and report.json.
+
+The manifest is deterministic (same inputs, same bytes) and written last: its presence is what
+makes a cache complete. The report holds what varies between runs (timings) and what a user must
+see (skipped items, truncated captions).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline.cache_format import MANIFEST, REPORT, file_sha256, write_json_atomic
+from pipeline.extraction import distributed
+from pipeline.extraction.distributed import World
+
+
+def missing_shards(split_dir: Path, plan: dict) -> dict[str, list[int]]:
+    return {m: [i for i, s in enumerate(entries) if not (Path(split_dir) / s["file"]).exists()]
+            for m, entries in plan["shards"].items()}
+
+
+def describe_shard(split_dir: Path, modality: str, entry: dict) -> dict:
+    """Checksum and counts of one shard on disk."""
+    path = Path(split_dir) / entry["file"]
+    out = {"sha256": file_sha256(path)}
+    with h5py.File(path, "r") as f:
+        if modality == "text":
+            out.update(count=int(f["caption_ids"].shape[0]), tokens=int(f["states"].shape[0]),
+                       truncated=int(np.count_nonzero(f["truncated"][()])), dim=int(f["states"].shape[1]))
+        else:
+            skipped = json.loads(f.attrs.get("skipped", "[]"))
+            out.update(count=int(f["image_ids"].shape[0]), skipped=len(skipped),
+                       patches=int(f["patches"].shape[1]), prefix=int(f["prefix"].shape[1]),
+                       dim=int(f["patches"].shape[2]), grid=[int(f.attrs["grid_h"]), int(f.attrs["grid_w"])])
+    return out
+
+
+def describe_all(split_dir: Path, plan: dict, world: World) -> dict:
+    """Each rank hashes the shards it owns (reading a large cache once, spread over the ranks)."""
+    flat = [(m, i) for m in sorted(plan["shards"]) for i in range(len(plan["shards"][m]))]
+    mine = {f"{m}/{i}": describe_shard(split_dir, m, plan["shards"][m][i])
+            for k, (m, i) in enumerate(flat) if k % world.size == world.rank}
+    merged = {}
+    for part in distributed.gather(mine):
+        merged.update(part)
+    return merged
+
+
+def build_manifest(plan: dict, described: dict) -> dict:
+    manifest = copy.deepcopy(plan)
+    totals = {}
+    for m, entries in manifest["shards"].items():
+        for i, entry in enumerate(entries):
+            entry.update(described[f"{m}/{i}"])
+        totals[m] = {"shards": len(entries), "items": sum(e["count"] for e in entries)}
+        if m == "text":
+            totals[m]["tokens"] = sum(e["tokens"] for e in entries)
+            totals[m]["truncated"] = sum(e["truncated"] for e in entries)
+        else:
+            totals[m]["skipped"] = sum(e["skipped"] for e in entries)
+    manifest["totals"] = totals
+    return manifest
+
+
+def skipped_images(split_dir: Path, plan: dict) -> list[dict]:
+    out = []
+    for entry in plan["shards"].get("image", []):
+        path = Path(split_dir) / entry["file"]
+        if path.exists():
+            with h5py.File(path, "r") as f:
+                out += json.loads(f.attrs.get("skipped", "[]"))
+    return out
+
+
+def finalize(split_dir: Path, plan: dict, world: World, *, timings: dict, skipped_captions: list[dict],
+             dropped: list[str], extra: dict | None = None) -> dict | None:
+    """All ranks call this after the last barrier. Returns the manifest (rank 0) once every shard exists."""
+    if any(missing_shards(split_dir, plan).values()):
+        return None
+    described = describe_all(split_dir, plan, world)
+    if not world.leader:
+        return None
+    manifest = build_manifest(plan, described)
+    report = {"skipped": {"captions": skipped_captions, "images": skipped_images(split_dir, plan),
+                          "captions_of_skipped_images": sorted(dropped)},
+              "truncated_captions": manifest["totals"].get("text", {}).get("truncated", 0),
+              "timing": timings, **(extra or {})}
+    write_json_atomic(Path(split_dir) / REPORT, report)
+    write_json_atomic(Path(split_dir) / MANIFEST, manifest)  # last: its presence marks the cache complete
+    return manifest
