@@ -6,7 +6,9 @@ One cache directory holds one split (the CLI's `--cache cache/default` holds `tr
       plan.json        fingerprint fields + the shard plan; written first, before any shard
       text/00000.h5    caption shards, contiguous runs of the captions sorted by caption id
       image/00000.h5   image shards, contiguous runs of the unique images sorted by image id
-      report.json      skipped items (--on-error skip), truncated captions, timings
+      report.json      skipped items (--on-error skip), truncated captions (deterministic)
+      run.json         what varies between runs: timings, device, world size, resolved config
+                       (ignored by DVC through .dvcignore, like the `.lock` file)
       manifest.json    written last: the plan plus each shard's sha256 and counts.
                        Its presence is what makes the cache complete.
 
@@ -47,7 +49,7 @@ import numpy as np
 from pipeline.errors import CacheError
 
 FORMAT_VERSION = 1
-PLAN, MANIFEST, REPORT = "plan.json", "manifest.json", "report.json"
+PLAN, MANIFEST, REPORT, RUN_LOG = "plan.json", "manifest.json", "report.json", "run.json"
 MODALITIES = ("text", "image")
 
 

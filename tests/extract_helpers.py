@@ -41,9 +41,10 @@ def extract_args(captions: Path, images: Path, cache: Path, text_model: str, *ex
 
 
 def shard_bytes(split_dir: Path) -> dict[str, bytes]:
-    """Every file that must be byte-identical between two runs (report.json holds timings, so not it)."""
+    """Every file that must be byte-identical between two runs: all but run.json (timings) and the lock,
+    the two files .dvcignore keeps out of DVC's hash."""
     return {p.relative_to(split_dir).as_posix(): p.read_bytes() for p in sorted(Path(split_dir).rglob("*"))
-            if p.is_file() and p.name not in ("report.json", ".lock")}
+            if p.is_file() and p.name not in ("run.json", ".lock")}
 
 
 def tiny_text_folder(tmp_path_factory) -> str:

@@ -90,5 +90,5 @@ def test_two_torchrun_ranks_build_the_same_cache(tmp_path, tiny, data, reference
                          timeout=240)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert shard_bytes(cache / "train") == shard_bytes(reference)
-    report = json.loads((cache / "train" / "report.json").read_text())
+    report = json.loads((cache / "train" / "run.json").read_text())
     assert report["world_size"] == 2 and report["timing"]["image"]["ranks"] == 2

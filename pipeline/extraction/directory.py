@@ -12,11 +12,11 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.cache_format import MANIFEST, PLAN, REPORT, check_fingerprint, read_json, write_json_atomic
+from pipeline.cache_format import MANIFEST, PLAN, REPORT, RUN_LOG, check_fingerprint, read_json, write_json_atomic
 from pipeline.errors import CacheError
 
 LOCK = ".lock"
-OURS_FILES = {PLAN, MANIFEST, REPORT, LOCK}
+OURS_FILES = {PLAN, MANIFEST, REPORT, RUN_LOG, LOCK}
 OURS_DIRS = {"text", "image"}
 
 
@@ -70,7 +70,7 @@ def delete_cache(split_dir: Path) -> None:
     for name in OURS_DIRS:
         if (Path(split_dir) / name).is_dir():
             shutil.rmtree(Path(split_dir) / name)
-    for name in (MANIFEST, REPORT, PLAN):
+    for name in (MANIFEST, REPORT, RUN_LOG, PLAN):
         (Path(split_dir) / name).unlink(missing_ok=True)
 
 

@@ -1,8 +1,10 @@
 """Finishing a split: manifest.json (the plan + each shard's sha256 and counts) and report.json.
 
 The manifest is deterministic (same inputs, same bytes) and written last: its presence is what
-makes a cache complete. The report holds what varies between runs (timings) and what a user must
-see (skipped items, truncated captions).
+makes a cache complete. report.json holds what a user must see (skipped items, truncated captions)
+and is deterministic too; what varies between runs (timings, device, world size, the resolved
+configuration of the command) goes to run.json, which `.dvcignore` keeps out of the output's hash
+so that re-extracting identical bytes is not a change for DVC.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.cache_format import MANIFEST, REPORT, file_sha256, write_json_atomic
+from pipeline.cache_format import MANIFEST, REPORT, RUN_LOG, file_sha256, write_json_atomic
 from pipeline.extraction import distributed
 from pipeline.extraction.distributed import World
 
@@ -87,8 +89,8 @@ def finalize(split_dir: Path, plan: dict, world: World, *, timings: dict, skippe
     manifest = build_manifest(plan, described)
     report = {"skipped": {"captions": skipped_captions, "images": skipped_images(split_dir, plan),
                           "captions_of_skipped_images": sorted(dropped)},
-              "truncated_captions": manifest["totals"].get("text", {}).get("truncated", 0),
-              "timing": timings, **(extra or {})}
+              "truncated_captions": manifest["totals"].get("text", {}).get("truncated", 0)}
     write_json_atomic(Path(split_dir) / REPORT, report)
+    write_json_atomic(Path(split_dir) / RUN_LOG, {"timing": timings, **(extra or {})})
     write_json_atomic(Path(split_dir) / MANIFEST, manifest)  # last: its presence marks the cache complete
     return manifest
