@@ -1,0 +1,87 @@
+"""Tasks -> pre-tokenised items -> stage one's text cache -> token states in the task's order.
+
+GLUE inputs are `[CLS] A [SEP] B [SEP]` (truncating the longer sentence first, as BERT does);
+SQuAD inputs are the windows of `squad.make_windows`. Both go through the extraction runner
+(`build_text_cache`) and are stored in the ordinary cache format, one split folder per task file.
+The folder name carries a digest of the task file, the tokenisation knobs, the shard layout and the
+encoder's fingerprint, so seeds, sweeps and both heads share one cache, and a changed input gets a new folder
+instead of clashing with the old one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cache_format import digest, file_sha256, load_text
+from pipeline.downstream.glue import GlueExample
+from pipeline.downstream.probe import TokenBank
+from pipeline.downstream.squad import Window
+from pipeline.encoders import Tokens
+from pipeline.errors import CacheError
+from pipeline.extraction import TextItem, build_text_cache
+
+
+@dataclass
+class PairInputs:
+    """Tokenised GLUE inputs, one entry per example, in the examples' order."""
+    ids: list[np.ndarray]        # int32 (n,)
+    type_ids: list[np.ndarray]   # int32 (n,): 0 for [CLS] A [SEP], 1 for B [SEP]
+    spans: list[np.ndarray]      # int32 (n, 2): character offsets, each in its own sentence
+    truncated: list[bool]
+
+
+def tokenize_pairs(examples: list[GlueExample], tokenizer, max_length: int, batch: int = 1024) -> PairInputs:
+    out = PairInputs([], [], [], [])
+    for s in range(0, len(examples), batch):
+        part = examples[s:s + batch]
+        a = [e.text_a for e in part]
+        b = [e.text_b for e in part] if part[0].text_b is not None else None
+        enc = tokenizer(a, b, truncation="longest_first", max_length=max_length, padding=False,
+                        return_offsets_mapping=True, return_token_type_ids=True, return_overflowing_tokens=False)
+        for k in range(len(part)):
+            out.ids.append(np.asarray(enc["input_ids"][k], np.int32))
+            out.type_ids.append(np.asarray(enc["token_type_ids"][k], np.int32))
+            out.spans.append(np.asarray(enc["offset_mapping"][k], np.int32).reshape(-1, 2))
+            out.truncated.append(bool(enc.encodings[k].overflowing))
+    return out
+
+
+def glue_items(examples: list[GlueExample], inputs: PairInputs) -> list[TextItem]:
+    return [TextItem(e.guid, "", Tokens(i, s, t)) for e, i, s, t in
+            zip(examples, inputs.ids, inputs.spans, inputs.truncated)]
+
+
+def squad_items(windows: list[Window]) -> list[TextItem]:
+    return [TextItem(w.item_id, "", Tokens(w.input_ids, w.spans, False)) for w in windows]
+
+
+def split_folder(cache_root: Path, task: str, split: str, source: dict, encoder, cfg: dict) -> Path:
+    key = digest({"source": source, "encoder": encoder.fingerprint(), "shard_size": cfg["shard_size"],
+                  "storage_dtype": cfg["storage_dtype"]})[:16]
+    return Path(cache_root) / task / f"{split}-{key}"
+
+
+def cached_states(items: list[TextItem], encoder, cache_root: Path, *, task: str, split: str, source: dict,
+                  cfg: dict, progress: bool = False) -> tuple[TokenBank, Path]:
+    """Extract the items (only what is not cached yet) and return their states in the items' order."""
+    folder = split_folder(cache_root, task, split, source, encoder, cfg)
+    build = dict(source=source, shard_size=cfg["shard_size"], batch_size=cfg["extract_batch_size"],
+                 storage_dtype=cfg["storage_dtype"], progress=progress)
+    try:
+        build_text_cache(items, encoder, folder, **build)
+    except CacheError:
+        # The folder's name already pins the inputs and the encoder, so a plan that disagrees was written
+        # by an older version of the extraction code (or is damaged): the cache is derived data, rebuild it.
+        build_text_cache(items, encoder, folder, overwrite=True, **build)
+    split_data = load_text(folder)
+    row = {cid: k for k, cid in enumerate(split_data.caption_ids)}
+    off = split_data.offsets
+    states = [split_data.states[off[row[it.item_id]]:off[row[it.item_id] + 1]] for it in items]
+    return TokenBank(states), folder
+
+
+def source_of(path: Path, **knobs) -> dict:
+    """What a cached split was made from: the file's name and sha256, and the tokenisation knobs."""
+    return {"file": Path(path).name, "file_sha256": file_sha256(path), **knobs}

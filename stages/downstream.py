@@ -1,0 +1,114 @@
+"""Downstream text tasks with a trained run's f_g: baseline `h` vs grounded `[h; f_g(h)]`.
+
+    groundedbert evaluate glue  --task NAME --data GLUE/TASK_DIR --run RUN_DIR --out DIR [--mode probe|finetune] [--seeds N]
+    groundedbert evaluate squad --data FILE_OR_DIR [--dev FILE] --run RUN_DIR --out DIR [--mode ...] [--version auto|1.1|2.0]
+    groundedbert data glue-fixtures OUT_DIR
+
+The text encoder and layer are the run's own (its config's `extract` section), so the features are
+the ones f_g was trained on. OUT/comparison.json and OUT/comparison.md hold the comparison (mean ±
+std over seeds); OUT/downstream_config.json the resolved configuration.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.config import resolve, save_resolved
+from stages._common import ConfigOpt, SetOpt, friendly_errors
+
+ModeOpt = Annotated[str, typer.Option(help="probe: frozen encoder, cached states, train the head; "
+                                            "finetune: encoder + f_g + head trained on raw text.")]
+SeedsOpt = Annotated[Optional[int], typer.Option(help="Seeds per variant (default: downstream.seeds).")]
+PoolingOpt = Annotated[Optional[str], typer.Option(help="GLUE sentence vector: cls or mean (default: downstream.pooling).")]
+CacheOpt = Annotated[Optional[Path], typer.Option(help="Probe mode: cache root for task states (default: downstream.cache).")]
+RunOpt = Annotated[Path, typer.Option(help="Run directory written by `groundedbert train` (its f_g and encoder).")]
+OutOpt = Annotated[Path, typer.Option(help="Folder for comparison.json and comparison.md.")]
+
+
+def _setup(run: Path, config, overrides, *, seeds, pooling, max_length_key: str):
+    """Resolved config, the downstream section, the run's text encoder and its f_g."""
+    from pipeline.encoders import load_text_encoder
+    from pipeline.errors import ConfigError
+    from pipeline.runtime import pick_device
+    from pipeline.training.checkpoint import load_run
+
+    resolved = resolve(config, overrides or [])
+    cfg = resolved["downstream"]
+    if pooling is not None:
+        cfg["pooling"] = pooling
+    model, run_config = load_run(run)
+    ex = run_config["extract"]
+    encoder = load_text_encoder(ex["text_model"], layer=ex["text_layer"], max_length=cfg[max_length_key],
+                                device=pick_device(cfg["device"]), compute_dtype=ex["compute_dtype"])
+    d_in = model.f_g[0].in_features
+    if d_in != encoder.dim:
+        raise ConfigError(f"run {run}: its f_g reads {d_in}-wide states but {ex['text_model']!r} gives {encoder.dim}")
+    return resolved, cfg, encoder, model.f_g, (seeds if seeds is not None else cfg["seeds"]), ex
+
+
+def _finish(out: Path, payload: dict, resolved: dict, run: Path, ex: dict) -> None:
+    from pipeline.downstream.report import write_comparison
+
+    payload.update(run=str(run), text_model=ex["text_model"], text_layer=ex["text_layer"])
+    save_resolved(resolved, out, "downstream_config.json")
+    _, md = write_comparison(out, payload)
+    typer.echo(md.read_text())
+
+
+@friendly_errors
+def glue(
+    task: Annotated[str, typer.Option(help="cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli (GLUE's folder names work too).")],
+    data: Annotated[Path, typer.Option(help="The task's folder as GLUE distributes it (train.tsv, dev.tsv, ...).")],
+    run: RunOpt,
+    out: OutOpt,
+    mode: ModeOpt = "probe",
+    seeds: SeedsOpt = None,
+    pooling: PoolingOpt = None,
+    cache: CacheOpt = None,
+    config: ConfigOpt = None,
+    set: SetOpt = None,
+) -> None:
+    from pipeline.downstream.tasks import evaluate_glue
+
+    resolved, cfg, encoder, f_g, n, ex = _setup(run, config, set, seeds=seeds, pooling=pooling, max_length_key="max_length")
+    payload = evaluate_glue(task, data, encoder=encoder, grounding=f_g, cfg=cfg, mode=mode, seeds=n,
+                            cache_root=Path(cache or cfg["cache"]))
+    _finish(out, payload, resolved, run, ex)
+
+
+@friendly_errors
+def squad(
+    data: Annotated[Path, typer.Option(help="train-v1.1.json / train-v2.0.json (dev file beside it), or a folder holding both.")],
+    run: RunOpt,
+    out: OutOpt,
+    dev: Annotated[Optional[Path], typer.Option(help="The dev file, when it is not beside the train file.")] = None,
+    mode: ModeOpt = "probe",
+    seeds: SeedsOpt = None,
+    version: Annotated[str, typer.Option(help="auto (from the file), 1.1 or 2.0.")] = "auto",
+    cache: CacheOpt = None,
+    config: ConfigOpt = None,
+    set: SetOpt = None,
+) -> None:
+    from pipeline.downstream.tasks import evaluate_squad
+
+    resolved, cfg, encoder, f_g, n, ex = _setup(run, config, set, seeds=seeds, pooling=None,
+                                                max_length_key="squad_max_length")
+    payload = evaluate_squad(data, dev, version=version, encoder=encoder, grounding=f_g, cfg=cfg, mode=mode,
+                             seeds=n, cache_root=Path(cache or cfg["cache"]))
+    _finish(out, payload, resolved, run, ex)
+
+
+@friendly_errors
+def fixtures(
+    out: Annotated[Path, typer.Argument(help="Folder to write glue/<TASK>/*.tsv and squad/*.json into.")],
+    train: Annotated[int, typer.Option(help="Training rows per GLUE task (SQuAD: a third as many paragraphs).")] = 48,
+    dev: Annotated[int, typer.Option(help="Rows per GLUE evaluation file.")] = 24,
+    seed: Annotated[int, typer.Option(help="Seed of the generated text.")] = 0,
+) -> None:
+    """Small GLUE and SQuAD files in the official formats, with a learnable signal."""
+    from pipeline.downstream.fixtures import write_all
+
+    for name, path in write_all(out, train, dev, seed).items():
+        typer.echo(f"{name}: {path}")
