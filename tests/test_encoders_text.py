@@ -115,3 +115,19 @@ def test_models_without_segment_ids_work(tmp_path, tiny_name):
     enc = load_text_encoder(str(tmp_path), max_length=12)
     (state,) = enc.encode(enc.tokenize(["a red circle"]))
     assert state.shape == (5, 32) and enc.dim == 32
+
+
+def test_segment_ids_reach_the_model(tmp_path):
+    """Sentence pairs carry segment ids: the second segment's states differ from an all-zero encoding."""
+    import numpy as np
+    from pipeline.encoders import load_text_encoder, make_tiny_text_model
+    from pipeline.encoders.text import Tokens
+    enc = load_text_encoder(make_tiny_text_model(tmp_path / "tiny"))
+    t = enc.tokenize(["a red circle above a blue square"])[0]
+    types = np.zeros_like(t.ids)
+    types[4:] = 1
+    plain = enc.encode([t])[0]
+    paired = enc.encode([Tokens(t.ids, t.spans, t.truncated, type_ids=types)])[0]
+    assert not np.allclose(plain[4:], paired[4:])
+    zeros = enc.encode([Tokens(t.ids, t.spans, t.truncated, type_ids=np.zeros_like(t.ids))])[0]
+    np.testing.assert_array_equal(plain, zeros)

@@ -49,12 +49,12 @@ def tokenize_pairs(examples: list[GlueExample], tokenizer, max_length: int, batc
 
 
 def glue_items(examples: list[GlueExample], inputs: PairInputs) -> list[TextItem]:
-    return [TextItem(e.guid, "", Tokens(i, s, t)) for e, i, s, t in
-            zip(examples, inputs.ids, inputs.spans, inputs.truncated)]
+    return [TextItem(e.guid, "", Tokens(i, s, t, type_ids=ty)) for e, i, s, t, ty in
+            zip(examples, inputs.ids, inputs.spans, inputs.truncated, inputs.type_ids)]
 
 
 def squad_items(windows: list[Window]) -> list[TextItem]:
-    return [TextItem(w.item_id, "", Tokens(w.input_ids, w.spans, False)) for w in windows]
+    return [TextItem(w.item_id, "", Tokens(w.input_ids, w.spans, False, type_ids=w.type_ids)) for w in windows]
 
 
 def split_folder(cache_root: Path, task: str, split: str, source: dict, encoder, cfg: dict) -> Path:

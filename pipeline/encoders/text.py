@@ -24,6 +24,9 @@ class Tokens:
     ids: np.ndarray      # int32 (n,)
     spans: np.ndarray    # int32 (n, 2) character offsets into the caption; (0, 0) for specials
     truncated: bool      # the caption had more than max_length tokens and lost its tail
+    # Segment ids for sentence pairs ([CLS] A [SEP] B [SEP] -> 0...0 1...1); None means all zeros,
+    # as for a single caption. BERT learned a segment embedding, so pairs must carry them.
+    type_ids: np.ndarray | None = None
 
 
 class TextEncoder:
@@ -75,12 +78,15 @@ class TextEncoder:
         width = max(lengths)
         ids = np.full((len(batch), width), self.tokenizer.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
         for row, t in enumerate(batch):
             ids[row, : len(t.ids)] = t.ids
             mask[row, : len(t.ids)] = 1
+            if t.type_ids is not None:
+                types[row, : len(t.ids)] = t.type_ids
         ids_t = torch.from_numpy(ids).to(self.device, non_blocking=True)
         mask_t = torch.from_numpy(mask).to(self.device, non_blocking=True)
-        extra = {"token_type_ids": torch.zeros_like(ids_t)} if self._takes_token_types else {}
+        extra = {"token_type_ids": torch.from_numpy(types).to(self.device)} if self._takes_token_types else {}
         with torch.inference_mode(), autocast(self.device, self.compute_dtype):
             out = self.model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=True, **extra)
             states = out.hidden_states[self.layer].float().cpu().numpy()

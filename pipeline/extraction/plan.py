@@ -14,6 +14,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 from pipeline.cache_format import FORMAT_VERSION, shard_path
 from pipeline.encoders import Tokens
 from pipeline.errors import ConfigError, DataError
@@ -125,10 +127,15 @@ def split_digest(records: list[CaptionRecord]) -> dict:
 
 
 def items_digest(items: list[TextItem]) -> dict:
-    """The same for pre-tokenised items: ids, image ids and the token ids themselves."""
+    """The same for pre-tokenised items: ids, image ids, the token ids and segment ids themselves."""
     rows = sorted(items, key=lambda it: it.item_id)
-    return {"items": len(rows),
-            "items_sha256": _rows_sha256((it.item_id, it.image_id, it.tokens.ids.tolist()) for it in rows)}
+
+    def row(it):
+        types = it.tokens.type_ids
+        base = (it.item_id, it.image_id, it.tokens.ids.tolist())
+        # Segment ids change the states; a caption (no segments) keeps its pre-existing digest.
+        return base if types is None or not np.any(types) else base + (np.asarray(types).tolist(),)
+    return {"items": len(rows), "items_sha256": _rows_sha256(row(it) for it in rows)}
 
 
 def make_fingerprint(*, modalities: list[str], split: dict, shard_size: int, storage_dtype: str,
