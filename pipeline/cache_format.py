@@ -96,8 +96,8 @@ def write_json_atomic(path: Path, obj) -> None:
 def put(f: h5py.File, name: str, array: np.ndarray, chunk_rows: int = 1024) -> None:
     """Create a dataset with deterministic layout: fixed chunking along the first axis, no times."""
     array = np.asarray(array)
-    chunks = None
-    if array.ndim >= 1 and array.shape[0] > 0:
+    chunks = None  # an empty array (no prefix tokens: a CNN) cannot be chunked
+    if array.ndim >= 1 and array.size > 0:
         chunks = (min(chunk_rows, array.shape[0]),) + array.shape[1:]
     f.create_dataset(name, data=array, chunks=chunks, track_times=False)
 

@@ -91,3 +91,13 @@ def test_ids_round_trip_unicode():
     ids = ["plain", "ünïcödé", "日本", ""]
     assert cf.decode_ids(cf.encode_ids(ids)) == ids
     assert json.dumps(cf.digest({"b": 1, "a": 2})) == json.dumps(cf.digest({"a": 2, "b": 1}))
+
+
+def test_image_shard_without_prefix_tokens(tmp_path):
+    """A CNN's feature map has no CLS/register tokens: P = 0 must write and read back."""
+    path = tmp_path / "image" / "00000.h5"
+    cf.write_image_shard(path, patches=np.ones((2, 4, 8)), prefix=np.zeros((2, 0, 8)), image_ids=["a", "b"],
+                         sizes=[[1, 1], [2, 2]], grid=(2, 2), num_prefix_tokens=0, storage_dtype="float16")
+    cf.write_json_atomic(tmp_path / cf.MANIFEST, {"fingerprint": {}, "shards": {"image": [{"file": "image/00000.h5"}]}})
+    images = cf.load_images(tmp_path)
+    assert images.prefix.shape == (2, 0, 8) and images.num_prefix_tokens == 0

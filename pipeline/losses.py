@@ -1,0 +1,103 @@
+"""The two training losses of METHOD.md and the collapse statistic, each a small pure function.
+
+- matching: binary cross-entropy on f_c's logit, each positive with `k` negatives from the batch;
+- alignment: partial optimal transport between a caption's content tokens and its image's patches,
+  L_ot = <T*, C> / s with the plan T* solved outside autograd (envelope theorem);
+- collapse: the mean pairwise cosine of the grounded embeddings g within a batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.ot_solvers import ot_loss, solve_plan
+
+
+# ----------------------------------------------------------------------------- matching
+
+def pick_negatives(valid: torch.Tensor, k: int, mode: str = "random", scores: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose up to k negative images per caption among the columns where `valid` (B, U) is True.
+
+    `random` ranks the valid columns by uniform noise, `hard` by the model's own scores (the
+    highest-scoring wrong images); either way the top k are taken, so a random draw is without
+    replacement. Returns column indices (B, k) and a mask (B, k) that is False where a caption has
+    fewer than k valid negatives (a batch holding one image has none at all)."""
+    if mode == "random":
+        rank = torch.rand(valid.shape, generator=generator, device="cpu").to(valid.device)
+    elif mode == "hard":
+        if scores is None:
+            raise ValueError("hard negatives need the batch's score matrix")
+        rank = scores.detach().float()
+    else:
+        raise ValueError(f"negative_mode must be 'random' or 'hard', got {mode!r}")
+    k = min(k, valid.shape[1])
+    rank = rank.masked_fill(~valid, float("-inf"))
+    idx = rank.topk(k, dim=1).indices
+    return idx, valid.gather(1, idx)
+
+
+def matching_bce(pos_logits: torch.Tensor, neg_logits: torch.Tensor, neg_mask: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over every labelled pair: positives (B,) with label 1, the negatives
+    (B, k) that `neg_mask` keeps with label 0. Each pair weighs the same, so with k = 1 the positive
+    and negative classes are balanced."""
+    pos = F.binary_cross_entropy_with_logits(pos_logits.float(), torch.ones_like(pos_logits, dtype=torch.float32),
+                                             reduction="sum")
+    neg = F.binary_cross_entropy_with_logits(neg_logits.float(), torch.zeros_like(neg_logits, dtype=torch.float32),
+                                             reduction="none")
+    neg = (neg * neg_mask).sum()
+    return (pos + neg) / (pos_logits.numel() + neg_mask.sum())
+
+
+# ----------------------------------------------------------------------------- alignment
+
+def cosine_cost(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """C_ij = 1 - cos(g_i, v_j): g (B, n, d), v (B, m, d) -> (B, n, m), in float32 at least (float64
+    stays float64, for gradient checks)."""
+    dtype = torch.promote_types(g.dtype, torch.float32)
+    g = F.normalize(g.to(dtype), dim=-1, eps=1e-8)
+    v = F.normalize(v.to(dtype), dim=-1, eps=1e-8)
+    return 1.0 - g @ v.transpose(1, 2)
+
+
+def ot_alignment_loss(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, patch_mask: torch.Tensor, *,
+                      mass: float, epsilon: float, solver: str = "sinkhorn", max_iter: int = 1000,
+                      tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial-OT alignment of caption-image pairs: g (B, n, d_g) grounded tokens, v (B, m, d_g) projected
+    patches of each pair's image; token_mask (B, n) True on content tokens only ([CLS], [SEP] and
+    padding carry no mass), patch_mask (B, m).
+
+    The plan comes from the solver without a graph, so the backward pass sees <T, C> with T constant:
+    by the envelope theorem that is the gradient of the OT value itself, and memory does not grow with
+    the solver's iterations. Returns the loss of each pair (B,) and the plans (B, n, m)."""
+    # The OT runs in float32 even under autocast: the cost's small differences decide the plan.
+    with torch.autocast(device_type=g.device.type, enabled=False):
+        cost = cosine_cost(g, v)
+        plan = solve_plan(cost.detach(), token_mask, patch_mask, mass=mass, epsilon=epsilon, solver=solver,
+                          max_iter=max_iter, tol=tol)
+        return ot_loss(cost, plan, mass), plan
+
+
+def ot_hinge(matched: torch.Tensor, mismatched: torch.Tensor, margin: float) -> torch.Tensor:
+    """mean(max(0, margin + L_ot(caption, own image) - L_ot(caption, other image))).
+
+    The alignment loss alone is minimised by collapse: when f_g and f_v map everything to one direction
+    every cost is 0. Asking a caption's own image to be cheaper to reach than another image's by a
+    margin is only satisfiable if g and v keep the information that tells images apart (METHOD.md's
+    collapse knob)."""
+    return torch.relu(margin + matched - mismatched).mean()
+
+
+# ----------------------------------------------------------------------------- collapse watch
+
+def mean_pairwise_cosine(x: torch.Tensor) -> torch.Tensor:
+    """Mean cosine over all pairs i != j of the rows of x (N, d): 1 when every g points the same way
+    (the cost matrix then carries nothing), near 0 for spread-out embeddings.
+
+    |sum u|^2 = sum_ij u_i.u_j, so the off-diagonal mean costs O(N d) instead of O(N^2 d)."""
+    n = x.shape[0]
+    if n < 2:
+        return x.new_tensor(float("nan"))
+    u = F.normalize(x.detach().float(), dim=-1, eps=1e-8)
+    s = u.sum(0)
+    return ((s @ s) - (u * u).sum()) / (n * (n - 1))

@@ -1,0 +1,148 @@
+"""One training epoch and one validation pass (the MAE split: the entry point builds, the engine runs).
+
+A step: features to the device -> f_g, f_v, f_c -> matching BCE on each caption's own image and k
+negatives from the batch -> partial-OT alignment on the matched pairs (and, with the hinge on, on each
+caption with its first negative) -> L = L_match + lambda * (L_ot + w_hinge * L_hinge).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from pipeline.errors import ConfigError, TrainingError
+from pipeline.losses import matching_bce, mean_pairwise_cosine, ot_alignment_loss, ot_hinge, pick_negatives
+from pipeline.training.schedule import learning_rate, set_learning_rate
+
+
+def amp_context(device: torch.device, amp: str):
+    """bfloat16 autocast on CUDA (no loss scaling needed, unlike float16); full precision on the CPU,
+    where autocast would slow these small matrix products down. The OT leaves autocast by itself."""
+    if amp not in ("auto", "bfloat16", "off"):
+        raise ConfigError(f"train.amp must be auto, bfloat16 or off, got {amp!r}")
+    if amp == "off" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    # Features travel in their storage dtype (half the bytes) and become float32 on the device.
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    for k in ("h", "patches", "prefix"):
+        out[k] = out[k].float()
+    return out
+
+
+def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, amp, with_ot: bool) -> dict:
+    """The losses of one batch (already on the device), as 0-dim tensors."""
+    slot, content = batch["image_slot"], batch["content_mask"]
+    with amp:
+        p0 = model.global_token(batch["prefix"], batch["patches"])
+        g, v, t0, vbar = model(batch["h"], batch["patches"], p0)
+        pos = model.f_c(t0, vbar[slot])
+        valid = slot[:, None] != torch.arange(vbar.shape[0], device=slot.device)[None, :]
+        scores = None
+        if cfg["negative_mode"] == "hard":
+            with torch.no_grad():
+                scores = model.f_c.pairwise(t0, vbar)
+        idx, mask = pick_negatives(valid, cfg["negatives"], cfg["negative_mode"], scores, generator)
+        neg = model.f_c(t0[:, None, :].expand(-1, idx.shape[1], -1), vbar[idx])
+    out = {"match": matching_bce(pos, neg, mask),
+           "accuracy": (((pos > 0).float().sum() + ((neg <= 0) & mask).float().sum())
+                        / (pos.numel() + mask.sum())).detach(),
+           "collapse": mean_pairwise_cosine(g[content])}
+    out["loss"] = out["match"]
+    rows = content.any(1).nonzero().squeeze(1)   # a caption with no content token has nothing to align
+    if with_ot and len(rows):
+        # With the hinge on, each caption is also aligned with its first negative image; both sets of
+        # problems go to the solver as one batch.
+        neg_rows = rows[mask[rows, 0]] if cfg["ot_hinge_weight"] > 0 else rows[:0]
+        per_pair, _ = ot_alignment_loss(
+            torch.cat([g[rows], g[neg_rows]]), torch.cat([v[slot[rows]], v[idx[neg_rows, 0]]]),
+            torch.cat([content[rows], content[neg_rows]]),
+            torch.ones(len(rows) + len(neg_rows), v.shape[1], dtype=torch.bool, device=v.device),
+            mass=cfg["mass"], epsilon=cfg["epsilon"], solver=cfg["ot_solver"], max_iter=cfg["ot_max_iter"],
+            tol=cfg["ot_tol"])
+        matched = per_pair[: len(rows)]
+        out["ot"] = matched.mean()
+        out["loss"] = out["loss"] + cfg["lambda_ot"] * out["ot"]
+        if len(neg_rows):
+            out["ot_hinge"] = ot_hinge(matched[mask[rows, 0]], per_pair[len(rows):], cfg["ot_hinge_margin"])
+            out["loss"] = out["loss"] + cfg["lambda_ot"] * cfg["ot_hinge_weight"] * out["ot_hinge"]
+    return out
+
+
+def train_one_epoch(model, loader, optimizer, cfg: dict, device, state: dict, generator, live=None,
+                    total_captions: int | None = None) -> dict:
+    """Run one epoch; `state` carries step and total_steps across epochs. Returns epoch means and the
+    fraction of the epoch's wall time spent waiting for data."""
+    model.train()
+    amp = amp_context(device, cfg["amp"])
+    with_ot = cfg["lambda_ot"] > 0
+    sums, items, wait = {}, 0, 0.0
+    bar = tqdm(total=total_captions, unit="cap", desc=f"epoch {state['epoch']}", mininterval=1.0,
+               file=sys.stderr, dynamic_ncols=True, disable=None)
+    start = tick = time.perf_counter()
+    for batch in loader:
+        wait += time.perf_counter() - tick
+        batch = to_device(batch, device)
+        lr = learning_rate(state["step"], state["total_steps"], cfg["lr"], cfg["warmup_steps"])
+        set_learning_rate(optimizer, lr)
+        losses = forward_losses(model, batch, cfg, generator, amp, with_ot)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise TrainingError(_nan_message(state, losses))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        if not torch.isfinite(grad_norm):
+            raise TrainingError(_nan_message(state, losses, what="gradient norm"))
+        optimizer.step()
+        state["step"] += 1
+
+        b = batch["h"].shape[0]
+        items += b
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v * b
+        if live is not None:
+            for k, v in values.items():
+                live.log_metric(f"train/step/{k}", v)
+            live.log_metric("train/step/lr", lr)
+            live.next_step()
+        bar.update(b)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+        tick = time.perf_counter()
+    bar.close()
+    elapsed = time.perf_counter() - start
+    means = {k: v / max(items, 1) for k, v in sums.items()}
+    means.update(items_per_s=items / max(elapsed, 1e-9), data_wait_fraction=wait / max(elapsed, 1e-9))
+    return means
+
+
+@torch.no_grad()
+def evaluate_loss(model, loader, cfg: dict, device, seed: int) -> dict:
+    """Mean losses over a split, OT included even when lambda = 0 (to compare alignment across runs).
+    Negatives come from a generator seeded the same every time, so epochs compare like with like."""
+    model.eval()
+    amp = amp_context(device, cfg["amp"])
+    generator = torch.Generator().manual_seed(seed)
+    sums, items = {}, 0
+    for batch in loader:
+        batch = to_device(batch, device)
+        losses = forward_losses(model, batch, cfg, generator, amp, with_ot=True)
+        b = batch["h"].shape[0]
+        items += b
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * b
+    return {k: v / max(items, 1) for k, v in sums.items()}
+
+
+def _nan_message(state: dict, losses: dict, what: str = "loss") -> str:
+    parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+    return (f"step {state['step']} (epoch {state['epoch']}): the {what} is not finite ({parts}); training "
+            f"stopped. The last good checkpoint is kept at {state['last_checkpoint']}. Lower train.lr or "
+            f"check the cache for non-finite features (`groundedbert cache verify`).")

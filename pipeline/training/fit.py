@@ -1,0 +1,129 @@
+"""Build everything a training run needs from the configuration, then loop over epochs.
+
+Called by `stages/train.py` (the CLI and DVC entry point); tests call it directly.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from dvclive import Live
+
+from pipeline.config import save_resolved
+from pipeline.errors import TrainingError
+from pipeline.modules import GroundingModel
+from pipeline.runtime import pick_device, seed_everything
+from pipeline.training import checkpoint as ckpt
+from pipeline.training.cache_check import check_against_config, check_same_cache, identity
+from pipeline.training.engine import evaluate_loss, train_one_epoch
+from pipeline.training.reader import SplitReader, epoch_loader
+
+
+def open_splits(cache_root: Path, config: dict, splits=("train", "val")) -> dict[str, SplitReader]:
+    """Readers for the splits, each checked against the configuration and against the first one."""
+    cfg = config["train"]
+    readers = {s: SplitReader(Path(cache_root) / s, cfg["memory_budget_gb"]) for s in splits}
+    first = readers[splits[0]]
+    for name, reader in readers.items():
+        check_against_config(reader, config["extract"])
+        check_same_cache(reader, identity(first.fingerprint), f"the {splits[0]} split")
+    return readers
+
+
+def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.AdamW:
+    # Decay the weight matrices only: decaying biases and LayerNorm gains pulls them toward 0 for nothing.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg["lr"])
+
+
+def fit(config: dict, cache_root: Path, out_dir: Path, resume: bool = True, log=print) -> dict:
+    """Train on cache_root/train with early stopping on cache_root/val; return a summary dict."""
+    threads = torch.get_num_threads()
+    if config["train"]["num_threads"] > 0:
+        torch.set_num_threads(config["train"]["num_threads"])
+    try:
+        return _fit(config, cache_root, out_dir, resume, log)
+    finally:
+        torch.set_num_threads(threads)   # a process-wide setting: give it back to the caller
+
+
+def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log) -> dict:
+    cfg = config["train"]
+    out_dir = Path(out_dir)
+    seed_everything(cfg["seed"])
+    device = pick_device(cfg["device"])
+    readers = open_splits(cache_root, config)
+    train_reader, val_reader = readers["train"], readers["val"]
+    cache_id = identity(train_reader.fingerprint)
+    d_t, d_v = train_reader.dims()
+
+    model = GroundingModel(d_t, d_v, cfg["d_g"], cfg["hidden"], cfg["layernorm"]).to(device)
+    optimizer = make_optimizer(model, cfg)
+    generator = torch.Generator().manual_seed(cfg["seed"])   # negatives; saved so a resume draws the same
+    steps_per_epoch = len(train_reader.plan(cfg["batch_size"], None))
+    state = {"step": 0, "epoch": 0, "total_steps": steps_per_epoch * cfg["epochs"],
+             "last_checkpoint": ckpt.checkpoint_dir(out_dir) / ckpt.LAST}
+    best_val, bad_epochs = math.inf, 0
+
+    resumed = resume and state["last_checkpoint"].exists()
+    if resumed:
+        saved = ckpt.load(state["last_checkpoint"], map_location=device)
+        ckpt.check_compatible(saved, config, cache_id, state["last_checkpoint"])
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"].cpu())   # a CPU generator, wherever the weights live
+        state.update(step=saved["step"], epoch=saved["epoch"])
+        best_val, bad_epochs = saved["best_val"], saved["bad_epochs"]
+        log(f"resuming {out_dir} from epoch {state['epoch']} (step {state['step']})")
+    else:   # a fresh run: an older run's best.pt must not outlive it and be evaluated in its place
+        for name in (ckpt.LAST, ckpt.BEST):
+            (ckpt.checkpoint_dir(out_dir) / name).unlink(missing_ok=True)
+    save_resolved(config, out_dir)
+    log(f"train: {train_reader.num_captions} captions / {train_reader.num_images} images "
+        f"({'in memory' if train_reader.in_memory else 'streaming'}, {train_reader.nbytes / 2**20:.1f} MiB); "
+        f"val: {val_reader.num_captions} captions; device {device}")
+
+    live = Live(str(out_dir / "dvclive"), resume=resumed, save_dvc_exp=False, dvcyaml=None)
+    live.step = state["step"]
+    stopped_early = bad_epochs >= cfg["patience"]
+    try:
+        while state["epoch"] < cfg["epochs"] and not stopped_early:
+            loader = epoch_loader(train_reader, cfg["batch_size"], seed=[cfg["seed"], state["epoch"]],
+                                  num_workers=cfg["num_workers"])
+            train_stats = train_one_epoch(model, loader, optimizer, cfg, device, state, generator, live,
+                                          total_captions=train_reader.num_captions)
+            val_stats = evaluate_loss(model, epoch_loader(val_reader, cfg["batch_size"], seed=None), cfg, device,
+                                      seed=cfg["seed"])
+            if not math.isfinite(val_stats["loss"]):
+                raise TrainingError(f"epoch {state['epoch'] + 1}: the validation loss is not finite ({val_stats}); "
+                                    f"training stopped. The last good checkpoint is kept at {state['last_checkpoint']}.")
+            state["epoch"] += 1
+            improved = val_stats["loss"] < best_val
+            best_val, bad_epochs = (val_stats["loss"], 0) if improved else (best_val, bad_epochs + 1)
+            stopped_early = bad_epochs >= cfg["patience"]
+            for k, v in train_stats.items():
+                live.log_metric(f"train/epoch/{k}", v)
+            for k, v in val_stats.items():
+                live.log_metric(f"val/{k}", v)
+            live.log_metric("epoch", state["epoch"])
+            live.make_summary()   # not next_step(): the step axis stays the optimizer step
+            kwargs = dict(model=model, optimizer=optimizer, generator=generator, step=state["step"],
+                          epoch=state["epoch"], config=config, cache=cache_id, best_val=best_val,
+                          bad_epochs=bad_epochs)
+            if improved:
+                ckpt.save(ckpt.checkpoint_dir(out_dir) / ckpt.BEST, **kwargs)
+            ckpt.save(state["last_checkpoint"], **kwargs)
+            parts = ", ".join(f"{k} {train_stats[k]:.4f}" for k in ("match", "ot", "ot_hinge") if k in train_stats)
+            log(f"epoch {state['epoch']}/{cfg['epochs']}: train loss {train_stats['loss']:.4f} ({parts}), "
+                f"val loss {val_stats['loss']:.4f}, collapse {val_stats['collapse']:.3f}, "
+                f"{train_stats['items_per_s']:.0f} captions/s, data wait {100 * train_stats['data_wait_fraction']:.1f}%"
+                + (" *" if improved else ""))
+    finally:
+        live.end()
+    if not (ckpt.checkpoint_dir(out_dir) / ckpt.BEST).exists():
+        raise TrainingError(f"file {out_dir}: no epoch finished, so there is no checkpoint")
+    return {"epochs": state["epoch"], "steps": state["step"], "best_val_loss": best_val,
+            "stopped_early": stopped_early, "resumed": resumed}

@@ -1,0 +1,35 @@
+"""Stage two: train f_g, f_v and f_c from a feature cache (`groundedbert train`).
+
+    groundedbert train --cache cache/default --out runs/default [--config experiments/lambda0.yaml] \
+        [--set train.mass=0.3 ...]
+
+Reads CACHE/train (training) and CACHE/val (early stopping). Writes RUN_DIR/config.json, checkpoints
+(RUN_DIR/checkpoints/{last,best}.pt) and dvclive metrics (RUN_DIR/dvclive/); see
+pipeline/training/checkpoint.py for the layout. A run directory holding a checkpoint is resumed
+unless --no-resume.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.config import resolve
+from stages._common import ConfigOpt, SetOpt, friendly_errors
+
+
+@friendly_errors
+def train(
+    cache: Annotated[Path, typer.Option(help="Cache root holding train/ and val/ split folders.")],
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoints, dvclive metrics, resolved config.")],
+    config: ConfigOpt = None,
+    set: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/last.pt when it exists.")] = True,
+) -> None:
+    from pipeline.training.fit import fit  # torch and dvclive load only when the command runs
+
+    resolved = resolve(config, set or [])
+    summary = fit(resolved, cache, out, resume=resume, log=lambda m: typer.echo(m, err=True))
+    typer.echo(json.dumps(summary))

@@ -1,0 +1,137 @@
+"""Metrics on constructed score matrices: exact AUC with ties, recall both ways, blockwise scoring, pointing."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluation.metrics import (average_ranks, chance_recall, image_to_text_ranks, matching_accuracy,
+                                         retrieval, roc_auc, text_to_image_ranks)
+from pipeline.evaluation.pointing import PointingGame, box_area_fraction, box_in_crop, grounded_tokens, patch_in_box
+from pipeline.evaluation.scoring import retrieval_ranks
+from pipeline.modules import GroundingModel
+
+
+def brute_auc(scores, labels):
+    pos = [s for s, l in zip(scores, labels) if l]
+    neg = [s for s, l in zip(scores, labels) if not l]
+    return np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg)])
+
+
+def test_auc_hand_computed_with_ties():
+    scores = [0.9, 0.5, 0.5, 0.1]
+    labels = [1, 1, 0, 0]
+    # pairs (pos, neg): (.9,.5)=1 (.9,.1)=1 (.5,.5)=1/2 (.5,.1)=1 -> 3.5 / 4
+    assert roc_auc(scores, labels) == pytest.approx(0.875)
+    assert roc_auc([1, 2, 3], [0, 0, 1]) == 1.0
+    assert roc_auc([3, 2, 1], [0, 0, 1]) == 0.0
+    assert roc_auc([7, 7, 7, 7], [1, 0, 1, 0]) == 0.5
+
+
+def test_auc_equals_pair_counting_on_heavy_ties():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=60).astype(float)
+    labels = rng.integers(0, 2, size=60)
+    assert roc_auc(scores, labels) == pytest.approx(brute_auc(scores, labels), abs=1e-12)
+
+
+def test_auc_needs_both_classes():
+    with pytest.raises(ValueError):
+        roc_auc([1.0, 2.0], [1, 1])
+
+
+def test_average_ranks():
+    assert average_ranks([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+
+
+def test_matching_accuracy():
+    assert matching_accuracy([2.0, -1.0, 0.5, -3.0], [1, 0, 0, 0]) == 0.75
+
+
+def test_recall_hand_computed():
+    # 3 captions, 3 images; caption i belongs to image gold[i].
+    scores = np.array([[0.9, 0.1, 0.2],    # gold 0: rank 0
+                       [0.8, 0.3, 0.1],    # gold 1: image 0 outranks it -> rank 1
+                       [0.5, 0.5, 0.5]])   # gold 2: a three-way tie counts against the model -> rank 2
+    gold = np.array([0, 1, 2])
+    assert text_to_image_ranks(scores, gold).tolist() == [0, 1, 2]
+    # image -> text, by columns: image 0 ranks its caption 0 (0.9) first; image 1's caption 1 (0.3) is
+    # below caption 2 (0.5) -> rank 1; image 2's caption 2 (0.5) is above 0.2 and 0.1 -> rank 0.
+    assert image_to_text_ranks(scores, gold).tolist() == [0, 1, 0]
+    r = retrieval(text_to_image_ranks(scores, gold), image_to_text_ranks(scores, gold), gold, 3, ks=(1, 2))
+    assert r["t2i"]["R@1"] == pytest.approx(1 / 3) and r["t2i"]["R@2"] == pytest.approx(2 / 3)
+    assert r["i2t"]["R@1"] == pytest.approx(2 / 3) and r["i2t"]["R@2"] == 1.0
+    assert r["t2i"]["candidates"] == 3 and r["t2i"]["chance@1"] == pytest.approx(1 / 3)
+
+
+def test_image_to_text_counts_only_other_images_captions():
+    # Image 0 owns captions 0 and 1; its best own caption is 1 (0.7), beaten only by caption 2 (0.8).
+    scores = np.array([[0.6, 0.0], [0.7, 0.0], [0.8, 0.9]])
+    gold = np.array([0, 0, 1])
+    assert image_to_text_ranks(scores, gold).tolist() == [1, 0]
+
+
+def test_chance_levels():
+    assert chance_recall(10, 1, 1) == pytest.approx(0.1)
+    assert chance_recall(10, 1, 5) == pytest.approx(0.5)
+    assert chance_recall(4, 2, 1) == pytest.approx(0.5)
+    assert chance_recall(4, 2, 2) == pytest.approx(1 - 1 / 6)
+    assert chance_recall(3, 1, 10) == 1.0
+    gold = np.repeat(np.arange(5), 2)                      # 10 captions, 2 per image
+    r = retrieval(np.zeros(10, int), np.zeros(5, int), gold, 5, ks=(1,))
+    assert r["i2t"]["candidates"] == 10 and r["i2t"]["chance@1"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("block", [1, 3, 100])
+def test_blockwise_scoring_equals_the_full_matrix(block):
+    torch.manual_seed(0)
+    model = GroundingModel(6, 5, d_g=4, hidden=8).eval()
+    t0, vbar = torch.randn(11, 10), torch.randn(7, 4)
+    gold = np.array([0, 0, 1, 2, 3, 3, 3, 4, 5, 6, 6])
+    with torch.no_grad():
+        full = model.f_c.pairwise(t0, vbar).numpy()
+        aligned = model.f_c(t0[:, None].expand(-1, 7, -1), vbar[None].expand(11, -1, -1)).numpy()
+    assert np.allclose(full, aligned, atol=1e-5)            # the split first layer is the same function
+    t2i, i2t = retrieval_ranks(model, t0, vbar, gold, block)
+    assert t2i.tolist() == text_to_image_ranks(full, gold).tolist()
+    assert i2t.tolist() == image_to_text_ranks(full, gold).tolist()
+
+
+# ----------------------------------------------------------------------------- pointing game
+
+def test_box_maps_into_the_center_crop():
+    # A 200x100 landscape image: the crop is the central 100x100 square, x in [50, 150].
+    unit = box_in_crop([50, 0, 100, 50], (200, 100))
+    assert unit.tolist() == [0.0, 0.0, 0.5, 0.5]
+    assert box_area_fraction(unit) == 0.25
+    # A box partly outside the crop is clipped to it; one wholly outside has no area.
+    assert box_in_crop([0, 0, 75, 100], (200, 100)).tolist() == [0.0, 0.0, 0.25, 1.0]
+    assert box_area_fraction(box_in_crop([0, 0, 40, 100], (200, 100))) == 0.0
+    # Portrait: 100x300 -> crop y in [100, 200].
+    assert box_in_crop([0, 150, 100, 200], (100, 300)).tolist() == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_patch_centre_in_box():
+    box = np.array([0.0, 0.0, 0.5, 0.5])
+    # 2x2 grid: patch 0 centre (.25, .25) inside, patch 1 centre (.75, .25) outside, patch 3 outside.
+    assert [patch_in_box(p, (2, 2), box) for p in range(4)] == [True, False, False, False]
+    # Row-major: on a 2x3 grid patch 4 is row 1, column 1, centre (0.5, 0.75).
+    assert patch_in_box(4, (2, 3), np.array([0.4, 0.6, 0.6, 0.9]))
+
+
+def test_grounded_tokens_overlap_the_phrase_span():
+    spans = np.array([[0, 0], [0, 3], [4, 7], [8, 12], [0, 0]])   # [CLS] "red" "box" "left" [SEP]
+    content = np.array([False, True, True, True, False])
+    assert grounded_tokens(spans, content, 0, 7).tolist() == [1, 2]
+    assert grounded_tokens(spans, content, 5, 6).tolist() == [2]
+
+
+def test_pointing_game_accuracy_and_chance():
+    spans = np.array([[0, 0], [0, 3], [4, 7], [0, 0]])
+    content = np.array([False, True, True, False])
+    plan = np.zeros((4, 4))
+    plan[1, 0] = 0.3                   # "red" points at patch 0: inside the top-left box
+    plan[2, 3] = 0.2                   # "box" points at patch 3: outside
+    game = PointingGame()
+    game.add_caption(plan, spans, content, [{"start": 0, "end": 7, "box": [0, 0, 32, 32]}], (64, 64), (2, 2))
+    assert game.result() == {"accuracy": 0.5, "chance": 0.25, "trials": 2}

@@ -1,0 +1,129 @@
+"""The cache reader: in-memory and streaming give the same batches, captions find their images, errors are clear."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import CacheError
+from pipeline.modules import GroundingModel
+from pipeline.training.reader import SplitReader, epoch_loader
+from stage2_fixtures import make_split
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cache") / "train"
+    data = make_split(d, n_images=10, captions_per_image=3, shard_size=7)   # 5 text shards, 2 image shards
+    return d, data
+
+
+def all_batches(reader, batch_size=4, seed=0, workers=0):
+    return list(epoch_loader(reader, batch_size, seed=seed, num_workers=workers))
+
+
+def test_streaming_and_in_memory_give_identical_batches(split):
+    d, _ = split
+    memory, stream = SplitReader(d, memory_budget_gb=1.0), SplitReader(d, memory_budget_gb=0.0)
+    assert memory.in_memory and not stream.in_memory
+    plan = stream.plan(batch_size=4, seed=0)          # streaming's plan respects its shards
+    pairs = list(zip(memory.iter_batches(plan), stream.iter_batches(plan)))
+    assert len(pairs) == len(plan)
+    for a, b in pairs:
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_batches_hold_the_right_features(split):
+    d, data = split
+    reader = SplitReader(d, memory_budget_gb=0.0)
+    seen = []
+    for batch in all_batches(reader, batch_size=5, seed=3):
+        rows = batch["image_index"].numpy()
+        assert len(set(rows.tolist())) == len(rows)                   # each image once per batch
+        for i, c in enumerate(batch["caption_index"].tolist()):
+            seen.append(c)
+            states = data["states"][c]
+            n = len(states)
+            assert batch["token_mask"][i].sum() == n                  # padded to the batch's longest
+            assert np.allclose(batch["h"][i, :n].float().numpy(), states.astype(np.float16), equal_nan=True)
+            assert not batch["h"][i, n:].any()
+            # The caption's image: the one its image id names, its patches exactly as stored.
+            row = rows[batch["image_slot"][i]]
+            assert reader.image_ids[row] == data["image_ids"][c]
+            assert np.array_equal(batch["patches"][batch["image_slot"][i]].numpy(),
+                                  data["patches"][row].astype(np.float16))
+            # Content tokens: not [CLS] (position 0), not [SEP] (last), not padding.
+            assert batch["content_mask"][i].tolist() == [False] + [True] * (n - 2) + [False] * (len(batch["h"][i]) - n + 1)
+    assert sorted(seen) == list(range(reader.num_captions))            # an epoch covers every caption once
+
+
+def test_epochs_shuffle_differently_and_reproducibly(split):
+    d, _ = split
+    reader = SplitReader(d)
+    order = lambda seed: [b["caption_index"].tolist() for b in all_batches(reader, seed=seed)]
+    assert order([0, 1]) == order([0, 1])
+    assert order([0, 1]) != order([0, 2])
+
+
+def test_streaming_batches_stay_within_a_text_shard(split):
+    d, _ = split
+    reader = SplitReader(d, memory_budget_gb=0.0)
+    for captions in reader.plan(batch_size=4, seed=0):
+        assert len(set(reader.caption_shard[captions].tolist())) == 1
+
+
+def test_dataloader_workers_cover_every_caption_once(split):
+    d, _ = split
+    reader = SplitReader(d, memory_budget_gb=0.0)
+    reader.image_rows(np.array([0, 9]))                 # opens handles in this process before the fork
+    batches = all_batches(reader, batch_size=4, seed=0, workers=2)
+    got = sorted(c for b in batches for c in b["caption_index"].tolist())
+    assert got == list(range(reader.num_captions))
+
+
+def test_open_handles_never_travel_to_a_worker(split):
+    d, _ = split
+    reader = SplitReader(d, memory_budget_gb=0.0)
+    reader.image_rows(np.array([1]))
+    assert reader._handles
+    clone = pickle.loads(pickle.dumps(reader))
+    assert clone._handles == {}
+    assert np.array_equal(clone.image_rows(np.array([1]))[0], reader.image_rows(np.array([1]))[0])
+
+
+def test_global_image_token_is_cls_or_patch_mean():
+    patches, prefix = torch.randn(2, 5, 3), torch.randn(2, 2, 3)
+    assert torch.equal(GroundingModel.global_token(prefix, patches), prefix[:, 0])
+    assert torch.allclose(GroundingModel.global_token(prefix[:, :0], patches), patches.mean(1))
+
+
+# ----------------------------------------------------------------------------- bad caches
+
+def test_missing_cache(tmp_path):
+    with pytest.raises(CacheError, match="not found"):
+        SplitReader(tmp_path / "nope")
+
+
+def test_incomplete_cache(tmp_path):
+    make_split(tmp_path / "s", n_images=2)
+    (tmp_path / "s" / "manifest.json").unlink()
+    with pytest.raises(CacheError, match="incomplete"):
+        SplitReader(tmp_path / "s")
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.0])
+def test_corrupt_shard_names_the_file(tmp_path, budget):
+    make_split(tmp_path / "s", n_images=4)
+    shard = tmp_path / "s" / "image" / "00000.h5"
+    shard.write_bytes(shard.read_bytes()[:500])
+    with pytest.raises(CacheError, match="00000.h5"):
+        reader = SplitReader(tmp_path / "s", memory_budget_gb=budget)
+        all_batches(reader)
+
+
+def test_split_without_captions(tmp_path):
+    make_split(tmp_path / "s", n_images=0)
+    with pytest.raises(CacheError, match="no captions"):
+        SplitReader(tmp_path / "s")

@@ -1,0 +1,45 @@
+"""End to end through the real CLI: synthesise a tiny grounded dataset, extract it with tiny encoders,
+train, evaluate (pointing game included). Every step is the command a user types."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.encoders import TINY_IMAGE_MODEL, TINY_IMAGE_SIZE
+from stages.cli import app
+from stage2_fixtures import TINY_TRAIN
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.slow
+def test_synth_extract_train_evaluate(tmp_path):
+    from pipeline.encoders import make_tiny_text_model
+
+    text_model = make_tiny_text_model(tmp_path / "tiny-bert")
+    extract = [f"extract.text_model={text_model}", f"extract.image_model={TINY_IMAGE_MODEL}",
+               f"extract.image_size={TINY_IMAGE_SIZE}", "extract.max_length=32", "extract.num_workers=0",
+               "extract.device=cpu"]
+    sets = lambda keys: [x for k in keys for x in ("--set", k)]
+    data, cache, run = tmp_path / "synth", tmp_path / "cache", tmp_path / "run"
+
+    invoke("data", "synth", data, "--images", 40)
+    for split in ("train", "val", "test"):
+        invoke("extract", "--captions", data / "captions.jsonl", "--images", data, "--cache", cache,
+               "--split", split, "--no-progress", *sets(extract))
+    invoke("train", "--cache", cache, "--out", run, *sets(extract + TINY_TRAIN))
+    invoke("evaluate", "grounding", "--cache", cache, "--run", run, "--grounding", data / "grounding.json")
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    test_images = sum(1 for line in (data / "captions.jsonl").read_text().splitlines()
+                      if json.loads(line)["split"] == "test") // 3
+    assert metrics["images"] == test_images == metrics["retrieval"]["t2i"]["candidates"]
+    assert metrics["pointing"]["trials"] > 0 and 0 < metrics["pointing"]["chance"] < 1
+    assert 0 <= metrics["pointing"]["accuracy"] <= 1
+    assert json.loads((run / "config.json").read_text())["extract"]["text_model"] == text_model
