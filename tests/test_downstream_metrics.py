@@ -59,6 +59,18 @@ def test_squad_scores_v2_split_and_max_over_golds():
     assert v1["exact"] == 50.0 and "HasAns_exact" not in v1
 
 
+def test_squad_v1_keeps_golds_that_normalise_to_nothing():
+    # SQuAD v1.1's evaluate-v1.1.py takes every gold answer as is and scores F1 0 whenever no token is
+    # shared, even when both sides normalise to nothing; only v2.0's script drops empty golds and
+    # counts "" against "" as a match. Gold "The" normalises to "": a prediction "a" is then an exact
+    # match with F1 0 under v1.1 (max over golds, so "Paris" cannot raise either).
+    qs = [_q("x", "The", "Paris")]
+    s = squad_scores(qs, {"x": "a"}, "1.1")
+    assert s["exact"] == 100.0 and s["f1"] == 0.0
+    assert token_f1("a", "the", "1.1") == 0.0 and token_f1("", "", "1.1") == 0.0
+    assert squad_scores([_q("y", "the")], {"y": ""}, "1.1") == {"exact": 100.0, "f1": 0.0, "total": 1.0}
+
+
 def test_summary_and_table_by_hand():
     from pipeline.downstream.report import markdown, summarize
 

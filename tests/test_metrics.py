@@ -101,14 +101,33 @@ def test_blockwise_scoring_equals_the_full_matrix(block):
 
 def test_box_maps_into_the_center_crop():
     # A 200x100 landscape image: the crop is the central 100x100 square, x in [50, 150].
-    unit = box_in_crop([50, 0, 100, 50], (200, 100))
+    unit = box_in_crop([50, 0, 100, 50], (200, 100), 100)
     assert unit.tolist() == [0.0, 0.0, 0.5, 0.5]
     assert box_area_fraction(unit) == 0.25
     # A box partly outside the crop is clipped to it; one wholly outside has no area.
-    assert box_in_crop([0, 0, 75, 100], (200, 100)).tolist() == [0.0, 0.0, 0.25, 1.0]
-    assert box_area_fraction(box_in_crop([0, 0, 40, 100], (200, 100))) == 0.0
+    assert box_in_crop([0, 0, 75, 100], (200, 100), 100).tolist() == [0.0, 0.0, 0.25, 1.0]
+    assert box_area_fraction(box_in_crop([0, 0, 40, 100], (200, 100), 100)) == 0.0
     # Portrait: 100x300 -> crop y in [100, 200].
-    assert box_in_crop([0, 150, 100, 200], (100, 300)).tolist() == [0.0, 0.5, 1.0, 1.0]
+    assert box_in_crop([0, 150, 100, 200], (100, 300), 100).tolist() == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_box_follows_the_encoders_resize_and_crop_exactly():
+    # A 640x427 photo at S = 224 (Preprocess): the shorter side 427 -> 224, the longer 640 -> floor(224 *
+    # 640 / 427) = 335 (not 335.74), then the crop starts at round((335 - 224) / 2) = 56 (not 55.87).
+    # A box edge at x = 521 lands at 521 * 335 / 640 - 56 = 216.72 input pixels, left of the centre of
+    # grid column 15 (15.5 * 14 = 217): that patch is outside the box. Dividing by min(w, h) about the
+    # image centre instead puts the edge at (521 - 106.5) * 224 / 427 = 217.44 and the patch inside.
+    from pipeline.encoders.preprocess import Preprocess
+    sx, sy, left, top = Preprocess(224, "bicubic", (0, 0, 0), (1, 1, 1)).to_input(640, 427)
+    assert (sx, sy, left, top) == (335 / 640, 224 / 427, 56, 0)
+    box = [400, 100, 521, 300]
+    unit = box_in_crop(box, (640, 427), 224)
+    expected = [(400 * 335 / 640 - 56) / 224, 100 / 427, (521 * 335 / 640 - 56) / 224, 300 / 427]
+    assert unit == pytest.approx(expected, abs=1e-12)
+    assert not patch_in_box(5 * 16 + 15, (16, 16), unit)     # row 5 (centre y = 77 px), column 15
+    assert patch_in_box(5 * 16 + 14, (16, 16), unit)
+    # The chance rate is the box's share of the S x S input the encoder saw.
+    assert box_area_fraction(unit) == pytest.approx((expected[2] - expected[0]) * (expected[3] - expected[1]))
 
 
 def test_patch_centre_in_box():
@@ -133,5 +152,5 @@ def test_pointing_game_accuracy_and_chance():
     plan[1, 0] = 0.3                   # "red" points at patch 0: inside the top-left box
     plan[2, 3] = 0.2                   # "box" points at patch 3: outside
     game = PointingGame()
-    game.add_caption(plan, spans, content, [{"start": 0, "end": 7, "box": [0, 0, 32, 32]}], (64, 64), (2, 2))
+    game.add_caption(plan, spans, content, [{"start": 0, "end": 7, "box": [0, 0, 32, 32]}], (64, 64), (2, 2), 64)
     assert game.result() == {"accuracy": 0.5, "chance": 0.25, "trials": 2}

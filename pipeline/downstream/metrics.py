@@ -82,10 +82,11 @@ def exact_match(pred: str, gold: str) -> float:
     return float(normalize_answer(pred) == normalize_answer(gold))
 
 
-def token_f1(pred: str, gold: str) -> float:
+def token_f1(pred: str, gold: str, version: str = "2.0") -> float:
     p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
-    if not p or not g:  # v2.0: an empty answer is right only against an empty gold
+    if version == "2.0" and (not p or not g):  # v2.0: an empty answer is right only against an empty gold
         return float(p == g)
+    # v1.1's script has no such case: no shared token, an empty side included, scores 0.
     common = sum((collections.Counter(p) & collections.Counter(g)).values())
     if common == 0:
         return 0.0
@@ -96,16 +97,21 @@ def token_f1(pred: str, gold: str) -> float:
 def squad_scores(questions, predictions: dict[str, str], version: str) -> dict[str, float]:
     """EM and F1 (percent) over all questions; for v2.0 also HasAns_* and NoAns_* and their counts.
 
-    A question without a prediction counts as wrong, as in the official script's strict mode."""
+    A question without a prediction counts as wrong, as in the official script's strict mode. Each
+    version follows its own official script: v2.0 drops gold answers that normalise to nothing (an
+    unanswerable question's gold is then ""), v1.1 keeps every gold answer as it is."""
     em, f1, has = [], [], []
     for q in questions:
-        golds = [a.text for a in q.answers if normalize_answer(a.text)] or [""]
+        if version == "2.0":
+            golds = [a.text for a in q.answers if normalize_answer(a.text)] or [""]
+        else:
+            golds = [a.text for a in q.answers]
         pred = predictions.get(q.qid)
-        if pred is None:
+        if pred is None or not golds:
             em.append(0.0), f1.append(0.0)
         else:
             em.append(max(exact_match(pred, g) for g in golds))
-            f1.append(max(token_f1(pred, g) for g in golds))
+            f1.append(max(token_f1(pred, g, version) for g in golds))
         has.append(bool(q.answers) and not q.is_impossible)
     em, f1, has = np.array(em), np.array(f1), np.array(has)
     out = {"exact": 100 * em.mean(), "f1": 100 * f1.mean(), "total": float(len(em))}

@@ -30,9 +30,11 @@ def load_grounding(path: Path) -> dict:
 
 
 @torch.no_grad()
-def plans_and_collapse(model, reader: SplitReader, cfg: dict, batch_size: int, device, grounding: dict | None):
+def plans_and_collapse(model, reader: SplitReader, cfg: dict, batch_size: int, device, grounding: dict | None,
+                       image_size: int):
     """Mean within-batch collapse statistic over the split, and the pointing game when `grounding`
-    is given (transport plans solved with the run's own OT settings)."""
+    is given (transport plans solved with the run's own OT settings; image_size is the encoder's input
+    side, which places the boxes on the patch grid)."""
     game, collapse, batches = PointingGame(), 0.0, 0
     for batch in epoch_loader(reader, batch_size, seed=None):
         batch = to_device(batch, device)
@@ -56,7 +58,8 @@ def plans_and_collapse(model, reader: SplitReader, cfg: dict, batch_size: int, d
         plan, spans, content_np = plan.cpu().numpy(), batch["char_spans"].cpu().numpy(), content.cpu().numpy()
         for j, i in enumerate(rows):
             image_row = int(batch["image_index"][slot[i]])
-            game.add_caption(plan[j], spans[i], content_np[i], grounding[ids[i]], reader.sizes[image_row], reader.grid)
+            game.add_caption(plan[j], spans[i], content_np[i], grounding[ids[i]], reader.sizes[image_row], reader.grid,
+                             image_size)
     return collapse / max(batches, 1), (game.result() if grounding is not None else None)
 
 
@@ -74,7 +77,10 @@ def evaluate_run(run_dir: Path, split_dir: Path, eval_cfg: dict, grounding_file:
     t2i, i2t = retrieval_ranks(model, t0, vbar, gold, eval_cfg["block_size"])
     logits, labels = matching_pairs(model, t0, vbar, gold, eval_cfg["seed"])
     grounding = load_grounding(grounding_file) if grounding_file is not None else None
-    collapse, pointing = plans_and_collapse(model, reader, cfg, cfg["batch_size"], device, grounding)
+    # extract.image_size is the side the cache's images were resized and cropped to: check_against_config
+    # above has matched it against the cache's fingerprint.
+    collapse, pointing = plans_and_collapse(model, reader, cfg, cfg["batch_size"], device, grounding,
+                                            int(config["extract"]["image_size"]))
 
     metrics = {"split": Path(split_dir).name, "captions": reader.num_captions, "images": reader.num_images,
                "matching": {"accuracy": matching_accuracy(logits, labels), "pairs": int(len(labels)),

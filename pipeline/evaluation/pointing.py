@@ -1,25 +1,28 @@
 """Pointing game for the transport plan: does a grounded word send most of its mass into its region?
 
-Geometry. Every image was preprocessed by resizing its shorter side to the encoder's size and
-center-cropping a square (pipeline/cache_format.py), and the patch grid tiles that square evenly. In the
-original pixels the crop is therefore the central min(w, h) square, so a box maps into the crop's unit
-square by shifting and dividing by min(w, h); the encoder's resolution drops out (up to the resize's
-rounding, under a pixel). A patch "falls inside" a box when its centre does. The chance rate of a trial
-is the share of the crop the box covers: a patch picked at random lands there that often.
+Geometry. Every image was preprocessed by resizing its shorter side to the encoder's size S (the longer
+side floored) and center-cropping S x S (offsets rounded), and the patch grid tiles that square evenly.
+A box goes through exactly those steps, `Preprocess.to_input`, into the crop's unit square: the
+shortcut of dividing the original pixels by min(w, h) about the image centre ignores the floor and the
+rounding, which shifts a non-square image's boxes by up to a pixel of the S x S input and so moves patch
+centres near a box edge in or out of it. A patch "falls inside" a box when its centre does. The chance
+rate of a trial is the share of the crop the box covers: a patch picked at random lands there that often.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from pipeline.encoders.preprocess import Preprocess
 
-def box_in_crop(box, size) -> np.ndarray:
-    """box (x0, y0, x1, y1) in original pixels, size (w, h) -> the box in the crop's unit square,
-    clipped to it."""
-    w, h = float(size[0]), float(size[1])
-    side = min(w, h)
-    left, top = (w - side) / 2.0, (h - side) / 2.0
+
+def box_in_crop(box, size, image_size: int) -> np.ndarray:
+    """box (x0, y0, x1, y1) in original pixels (x1, y1 exclusive, i.e. the box's far edges), size (w, h),
+    image_size S the encoder's input side -> the box in the crop's unit square, clipped to it."""
+    # Only the geometry of Preprocess is used; interpolation and normalisation do not move pixels.
+    sx, sy, left, top = Preprocess(image_size, "bicubic", (0.0,) * 3, (1.0,) * 3).to_input(int(size[0]), int(size[1]))
     x0, y0, x1, y1 = (float(c) for c in box)
-    out = np.array([(x0 - left) / side, (y0 - top) / side, (x1 - left) / side, (y1 - top) / side])
+    side = float(image_size)
+    out = np.array([(x0 * sx - left) / side, (y0 * sy - top) / side, (x1 * sx - left) / side, (y1 * sy - top) / side])
     return np.clip(out, 0.0, 1.0)
 
 
@@ -48,11 +51,12 @@ class PointingGame:
         self.hits, self.trials, self.chance_sum = 0, 0, 0.0
 
     def add_caption(self, plan: np.ndarray, char_spans: np.ndarray, content: np.ndarray, phrases: list[dict],
-                    size, grid: tuple[int, int]) -> None:
+                    size, grid: tuple[int, int], image_size: int) -> None:
         """plan (n, m) of one caption with its own image; char_spans (n, 2) and content (n,) of its
-        tokens; phrases [{"start", "end", "box"}] from the grounding file."""
+        tokens; phrases [{"start", "end", "box"}] from the grounding file; size (w, h) of the original
+        image and image_size the encoder's input side S."""
         for phrase in phrases:
-            box = box_in_crop(phrase["box"], size)
+            box = box_in_crop(phrase["box"], size, image_size)
             area = box_area_fraction(box)
             if area == 0.0:   # the region lies outside the crop: nothing to point at
                 continue

@@ -68,6 +68,12 @@ class SplitReader:
                              "char_spans": text.char_spans}]
         self.caption_shard = np.zeros(len(text.caption_ids), dtype=np.int64)
         self.caption_local = np.arange(len(text.caption_ids), dtype=np.int64)
+        # Epoch plans follow the files' shards even in memory: otherwise the same seed would give other
+        # batches (other negatives, another training run) depending on whether the split fits the budget.
+        counts = [len(_read_shard(p, ("offsets",))["offsets"]) - 1 for p in self.text_files]
+        self.caption_file_shard = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        if len(self.caption_file_shard) != len(text.caption_ids):
+            raise CacheError(f"file {self.split_dir}: the text shards' offsets disagree with their captions")
         self.patches, self.prefix = images.patches, images.prefix
         self.image_ids, self.sizes, self.grid = images.image_ids, images.sizes, images.grid
 
@@ -83,6 +89,7 @@ class SplitReader:
         self.text_shards = [None] * len(self.text_files)   # read when their turn comes
         self.caption_shard = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int64)
         self.caption_local = np.concatenate(local) if local else np.zeros(0, np.int64)
+        self.caption_file_shard = self.caption_shard
         self.image_ids, sizes, counts = [], [], []
         for path in self.image_files:
             meta = _read_shard(path, ("image_ids", "sizes"))
@@ -155,14 +162,15 @@ class SplitReader:
     def plan(self, batch_size: int, seed: int | None) -> list[np.ndarray]:
         """Caption indices of each batch of an epoch: shards in a random order, captions shuffled within
         each shard (seed None: the stored order, for evaluation). A batch never spans two text shards,
-        so streaming reads each shard once per epoch."""
+        so streaming reads each shard once per epoch. The shards are the files' in both modes, so a
+        split in memory and the same split streamed give the same batches."""
         rng = np.random.default_rng(seed) if seed is not None else None
-        shards = np.arange(len(self.text_shards))
+        shards = np.arange(len(self.text_files))
         if rng is not None:
             shards = rng.permutation(shards)
         batches = []
         for s in shards:
-            idx = np.flatnonzero(self.caption_shard == s)
+            idx = np.flatnonzero(self.caption_file_shard == s)
             if rng is not None:
                 idx = rng.permutation(idx)
             batches += [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
