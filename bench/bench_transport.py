@@ -2,6 +2,8 @@
 
     python bench/bench_transport.py            # the full run (about a minute on 2 CPU cores)
     python bench/bench_transport.py --quick    # 128 pairs of 20x256 only
+    git show HEAD:pipeline/transport.py > /tmp/old_transport.py
+    python bench/bench_transport.py --quick --compare /tmp/old_transport.py   # and old vs new, interleaved
 
 The problem: eps = 0.05, s = 0.5, uniform marginals, float32, tol = 1e-6, costs 1 - cos(g_i, v_j)
 between random 128-d token and patch vectors, each patch leaning towards one token (so the plan has
@@ -12,6 +14,7 @@ a sum measured here (a large tensor, so DRAM; and one the size of K, so cache, w
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import platform
@@ -105,6 +108,36 @@ def bench_fast(batch, n, m, device, repeats, tol=TOL):
                 converged=result.converged)
 
 
+def load_solver(path):
+    """partial_ot from another copy of transport.py (say the last commit's), to time against this one."""
+    spec = importlib.util.spec_from_file_location("transport_compared", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.partial_ot
+
+
+def compare(batch, n, m, other, repeats):
+    """Best wall times of this partial_ot and `other`, called alternately (the machine is shared, so
+    only times taken side by side compare), at all threads and at 1; and the largest cost difference."""
+    cost, rows, cols = training_costs(batch, n, m)
+    threads, found = torch.get_num_threads(), {}
+    for count in (threads, 1):
+        torch.set_num_threads(count)
+        best = {"this": math.inf, "other": math.inf}
+        outputs = {}
+        for round_ in range(repeats + 1):  # round 0 warms up
+            for name, solver in (("this", partial_ot), ("other", other)):
+                wall = time.perf_counter()
+                outputs[name] = solver(cost, rows, cols, MASS, EPS, tol=TOL)
+                if round_:
+                    best[name] = min(best[name], time.perf_counter() - wall)
+        found[count] = (best["this"], best["other"], outputs["this"].iterations, outputs["other"].iterations,
+                        (outputs["this"].cost - outputs["other"].cost).abs().max().item())
+    torch.set_num_threads(threads)
+    return found
+
+
 def relative_cost_error(costs, batch, n, m, pairs):
     """|<T,C> - <T*,C>| / <T*,C> against the float64 solution converged to 1e-12, worst pair."""
     cost, rows, cols = training_costs(batch, n, m)
@@ -146,6 +179,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only 128 pairs of 20x256")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--compare", type=Path, help="another transport.py, timed against this one, interleaved")
     parser.add_argument("--entropic-pairs", type=int, default=128,
                         help="POT entropic pairs timed per config; the rest extrapolated")
     args = parser.parse_args()
@@ -157,7 +191,14 @@ def main():
         print(f"cpu memory bandwidth, {label}: copy {copy:.1f} GB/s, sum {total:.1f} GB/s")
     configs = CONFIGS[:1] if args.quick else CONFIGS
     print(f"\neps={EPS} s={MASS} tol={TOL} float32; partial_ot best of {args.repeats} runs, POT best of 3")
+    other = load_solver(args.compare) if args.compare else None
     for batch, n, m in configs:
+        if other is not None:
+            for count, (this, that, its, other_its, diff) in compare(batch, n, m, other, args.repeats).items():
+                print(f"\n{batch} pairs of {n}x{m}, {count} thread(s), interleaved: "
+                      f"this {this * 1e3:.2f} ms ({its} sweeps), "
+                      f"{args.compare} {that * 1e3:.2f} ms ({other_its} sweeps): {that / this:.2f}x; "
+                      f"largest cost difference {diff:.1e}")
         fast = bench_fast(batch, n, m, "cpu", args.repeats)
         torch.set_num_threads(1)
         single = bench_fast(batch, n, m, "cpu", args.repeats)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.transport_checks import Problem, TransportInputError, check_problem  # noqa: F401 (re-exported)
 
 # Scalings beyond this factor (checked with the convergence test) are folded into the potentials,
 # which keeps the products u K c far inside float32's 3e38; the divisions are clamped, so no scaling
@@ -115,9 +115,15 @@ class _DualState:
     c = v * w folds the mass scaling w into the column scaling (one multiply less per sweep); w is
     kept apart only because the column cap applies to v alone. The scalings are kept as row
     vectors, (B, 1, n) and (B, 1, m), the shape torch's bmm is fastest with on both products.
+
+    Speed: a sweep is ten small ops around the two mat-vecs, each costing a few microseconds of
+    dispatch (more right after a mat-vec), so every op counts: the caps are folded into the
+    divisions, the mass scale comes from an n-long dot product, and c itself is only formed at the
+    checks. Every op writes into a buffer allocated here (a fresh 128 KB tensor per op costs page
+    faults), and u, c and w are views of one buffer, so that the check reduces all three at once.
     """
 
-    def __init__(self, problem: "Problem"):
+    def __init__(self, problem: Problem):
         self.p = problem
         B, n, m = problem.cost_filled.shape
         like = dict(dtype=problem.cost_filled.dtype, device=problem.cost_filled.device)
@@ -130,44 +136,63 @@ class _DualState:
         self.mass = problem.mass.view(B, 1, 1)
         self.rows, self.cols = problem.row_mask.unsqueeze(1), problem.col_mask.unsqueeze(1)
         self.tiny = torch.finfo(like["dtype"]).tiny
-        self.eps = self.c = self.w = self.Kc = None
-        self.u = torch.empty(B, 1, n, **like)
-        # Every sweep writes into these: a fresh 128 KB tensor per operation costs page faults,
-        # which on these VMs took longer than the arithmetic.
-        self.row_tmp, self.col_tmp = torch.empty(B, 1, n, **like), torch.empty(B, 1, m, **like)
-        self.KTu, self.c_raw, self.col_cap = (torch.empty(B, 1, m, **like) for _ in range(3))
+        self.eps = self.K = self.KT = None
+        self.started = False
+        self.scalings = torch.zeros(B, 1, n + m + 1, **like)
+        self.u, self.c, self.w = self.scalings[..., :n], self.scalings[..., n:n + m], self.scalings[..., n + m:]
+        # 1 on padded entries (where the scalings are exactly 0), 0 elsewhere: adding it leaves only
+        # the unpadded scalings in the extremes the absorption test takes.
+        self.padding_ones = torch.cat([~self.rows, ~self.cols, torch.zeros_like(self.cols[..., :1])], dim=2).to(**like)
+        self.row_tmp, self.Kc = torch.empty(B, 1, n, **like), torch.empty(B, 1, n, **like)
+        self.col_tmp, self.KTu, self.c_raw, self.col_cap = (torch.empty(B, 1, m, **like) for _ in range(4))
+        self.dot, self.scale = torch.empty(B, 1, **like), torch.empty(B, 1, 1, **like)
+        self.gaps = torch.empty(B, 1, n + m, **like)
+        self.neg_marginals = -torch.cat([self.a, self.b], dim=2)
+        self.active = torch.empty(B, 1, n + m, **like)
+        self.extremes = torch.empty(B, 1, n + m + 1, **like)
 
     def set_epsilon(self, eps: float) -> None:
         if self.eps is not None:
             self._absorb()
         self.eps = eps
         self._rebuild_kernel()
-        if self.c is None:
+        if not self.started:
             # POT's start: K = exp(-C/eps) scaled to carry exactly the mass m, no scaling yet.
-            self.w = self.mass / self.K.sum(dim=(1, 2), keepdim=True)
-            self.c = self.cols.to(self.K.dtype) * self.w
-            self.Kc = torch.bmm(self.c, self.KT)
+            self.started = True
+            torch.div(self.mass, self.K.sum(dim=(1, 2), keepdim=True), out=self.w)
+            torch.mul(self.cols, self.w, out=self.c)
+            torch.bmm(self.c, self.KT, out=self.Kc)
 
     def _rebuild_kernel(self) -> None:
         # K = exp((alpha_i + beta_j + gamma - C_ij) / eps), built in place: three passes over the
         # batch, or one more per nonzero potential. The cost is +inf on padded entries, which
-        # therefore get exactly 0 and never carry mass. The first K takes over cost_inf's memory.
-        if self.p.cost_inf is not None:
-            shifted, self.p.cost_inf = self.p.cost_inf, None
+        # therefore get exactly 0 and never carry mass. The first K takes over cost_inf's memory
+        # (or, without padding, is the one fresh copy of the cost).
+        p = self.p
+        if p.cost_inf is not None:
+            shifted, p.cost_inf = p.cost_inf, None
+            shifted.sub_(self.gamma)
+        elif p.padded is not None:
+            shifted = p.cost_filled.masked_fill(p.padded, math.inf).sub_(self.gamma)
         else:
-            shifted = self.p.cost_filled.masked_fill(self.p.padded, math.inf)
-        shifted.sub_(self.gamma)
-        if self.c is not None:  # potentials other than gamma exist only after an absorption
+            shifted = torch.sub(p.cost_filled, self.gamma)
+        if self.started:  # potentials other than gamma exist only after an absorption
             shifted.sub_(self.alpha.transpose(1, 2)).sub_(self.beta)
         self.K = shifted.mul_(-1.0 / self.eps).exp_()
         self.KT = self.K.transpose(1, 2)
         # The caps keep the total duals f = alpha/eps + log u and g = beta/eps + log v at most 0.
         # Clamped to the largest float so that no inf ever meets a 0 (scalings stay below it anyway).
         largest = torch.finfo(self.K.dtype).max
-        self.u_cap = torch.exp(-self.alpha / self.eps).clamp_max(largest)
-        self.v_cap = torch.exp(-self.beta / self.eps).clamp_max(largest)
-        if self.c is not None:
-            self.Kc = torch.bmm(self.c, self.KT)
+        self.v_cap = torch.exp(-self.beta / self.eps).clamp_max(largest) if self.started else None
+        # The row cap, u = min(a / Kc, u_cap), as one division: u = a / max(Kc, row_floor) with
+        # row_floor = a / u_cap (at least tiny, so 0 / 0 never happens on padding). With u_cap = 1,
+        # as until the first absorption, row_floor = a and the capped u = a / a = 1, bit for bit.
+        # A row's dual is active (< 0) where u < u_cap_reached, the value a capped u takes exactly.
+        u_cap = torch.exp(-self.alpha / self.eps).clamp_max(largest)
+        self.row_floor = torch.where(self.a > 0, self.a / u_cap, 0.0).clamp_min(self.tiny)
+        self.u_cap_reached = self.a / self.row_floor
+        if self.started:
+            torch.bmm(self.c, self.KT, out=self.Kc)
 
     def _absorb(self) -> None:
         """Fold the scalings into the potentials; the plan stays the same, the scalings become 1."""
@@ -177,33 +202,36 @@ class _DualState:
         self.alpha = torch.where(self.rows, self.alpha + eps * torch.log(self.u.clamp_min(tiny)), 0.0)
         self.beta = torch.where(self.cols, self.beta + eps * log_v, 0.0)
         self.gamma = self.gamma + eps * log_w
-        self.u = self.rows.to(self.K.dtype)
-        self.c = self.cols.to(self.K.dtype)
-        self.w = torch.ones_like(self.w)
+        self.u.copy_(self.rows)
+        self.c.copy_(self.cols)
+        self.w.fill_(1.0)
 
     def iterate(self, budget: int, tol: float, check_every: int) -> tuple[int, torch.Tensor]:
         """Run up to `budget` Dykstra sweeps; returns the sweeps run and the last marginal error."""
         a, b, mass, K, KT, tiny = self.a, self.b, self.mass, self.K, self.KT, self.tiny
-        row_tmp, col_tmp, KTu, c, col_cap = self.row_tmp, self.col_tmp, self.KTu, self.c_raw, self.col_cap
+        u, w, Kc, KTu, c_raw = self.u, self.w, self.Kc, self.KTu, self.c_raw
+        row_tmp, col_tmp, dot, scale = self.row_tmp, self.col_tmp, self.dot, self.scale
         for it in range(1, budget + 1):
             # Row projection. Dykstra's correction undoes the previous row scaling first, which is
             # why u is recomputed from scratch and capped on the total dual, not multiplied.
-            torch.div(a, torch.clamp_min(self.Kc, tiny, out=row_tmp), out=row_tmp)
-            torch.minimum(row_tmp, self.u_cap, out=self.u)
-            torch.bmm(self.u, K, out=KTu)
-            # Column projection (capped the same way), then the total-mass projection as one scale.
-            torch.mul(self.v_cap, self.w, out=col_cap)
+            torch.div(a, torch.maximum(Kc, self.row_floor, out=row_tmp), out=u)
+            torch.bmm(u, K, out=KTu)
+            # Column projection, capped the same way (on v alone; until an absorption v_cap = 1).
+            if self.v_cap is None:
+                col_cap = w
+            else:
+                col_cap = torch.mul(self.v_cap, w, out=self.col_cap)
             torch.div(b, torch.clamp_min(KTu, tiny, out=col_tmp), out=col_tmp)
-            torch.minimum(col_tmp, col_cap, out=c)
-            scale = mass / torch.linalg.vecdot(c, KTu).unsqueeze(2).clamp_min(tiny)
-            torch.mul(c, scale, out=self.c)
-            self.w.mul_(scale)
-            torch.bmm(self.c, KT, out=self.Kc)  # for the next row projection, and this sweep's check
+            torch.minimum(col_tmp, col_cap, out=c_raw)
+            # The total-mass projection scales c by mass / <u, K c_raw>, the plan's mass; taken from
+            # the next product's (n-long) result, it saves two m-long passes (c = c_raw * scale is
+            # only formed by the check, which every exit from the loop passes).
+            torch.bmm(c_raw, KT, out=Kc)
+            torch.div(mass, torch.linalg.vecdot(u, Kc, out=dot).clamp_min_(tiny).unsqueeze(2), out=scale)
+            Kc.mul_(scale)  # for the next row projection, and this sweep's check
+            w.mul_(scale)
             if it % check_every == 0 or it == budget:
-                error = kkt_marginal_error((self.u * self.Kc).squeeze(1), (self.c * KTu).squeeze(1), self.p.a,
-                                           self.p.b, (self.u < self.u_cap).squeeze(1), (c < col_cap).squeeze(1))
-                # The only host sync: the convergence test and the absorption test together.
-                worst_error, worst_log_scaling = torch.stack([error.max(), self._largest_log_scaling()]).tolist()
+                error, worst_error, worst_log_scaling = self._check()
                 if worst_error <= tol or it == budget:
                     return it, error
                 if worst_log_scaling > math.log(ABSORB_AT):
@@ -212,11 +240,28 @@ class _DualState:
                     K, KT = self.K, self.KT
         raise AssertionError("unreachable: the last sweep always returns")
 
-    def _largest_log_scaling(self) -> torch.Tensor:
-        tiny = self.tiny
-        logs = [torch.log(s.clamp_min(tiny)).abs().masked_fill(~mask, 0.0).amax()
-                for s, mask in ((self.u, self.rows), (self.c, self.cols))]
-        return torch.stack(logs + [torch.log(self.w.clamp_min(tiny)).abs().amax()]).amax()
+    def _check(self) -> tuple[torch.Tensor, float, float]:
+        """The marginal errors (B,), the worst of them and the largest |log| of a scaling, with the
+        only host sync of the iterations. kkt_marginal_error, fused over rows and columns."""
+        n, tiny = self.u.shape[2], self.tiny
+        gaps, active = self.gaps, self.active
+        torch.mul(self.c_raw, self.scale, out=self.c)  # the sweeps leave c to here
+        torch.addcmul(self.neg_marginals[..., :n], self.u, self.Kc, out=gaps[..., :n])  # row sums - a
+        torch.addcmul(self.neg_marginals[..., n:], self.c, self.KTu, out=gaps[..., n:])  # column sums - b
+        # active: 1.0 where the dual is active (< 0), so that the gap is |d| there, max(d, 0) elsewhere:
+        # max(d, -active * d). Float masks and no torch.where: both were several times slower here.
+        torch.lt(self.u, self.u_cap_reached, out=active[..., :n])
+        # A capped column has c = c_raw * scale = w_before * scale = w exactly (the same product).
+        if self.v_cap is None:
+            torch.lt(self.c, self.w, out=active[..., n:])
+        else:
+            torch.lt(self.c_raw, self.col_cap, out=active[..., n:])
+        error = torch.maximum(gaps, active.mul_(gaps).neg_(), out=active).sum(dim=2)
+        low, high = torch.aminmax(torch.add(self.scalings, self.padding_ones, out=self.extremes))
+        worst_error, low, high = torch.stack([error.max(), low, high]).tolist()
+        # max |log s| over the unpadded scalings (log is monotonic; NaN compares false downstream).
+        worst_log_scaling = max(math.log(max(high, tiny)), -math.log(max(low, tiny)))
+        return error.squeeze(1), worst_error, worst_log_scaling
 
     def take_plan(self) -> torch.Tensor:
         """The plan u K c, written over K (the last use of K: one batch-sized allocation less)."""
@@ -237,110 +282,3 @@ def kkt_marginal_error(rows, cols, a, b, row_active, col_active) -> torch.Tensor
     return row_gap.sum(dim=1) + col_gap.sum(dim=1)
 
 
-class TransportInputError(ConfigError, ValueError):
-    """A transport problem that cannot be solved as given; a ValueError too, as POT raises."""
-
-
-@dataclass
-class Problem:
-    """A checked batch in the working dtype: everything the iterations read."""
-    cost_inf: torch.Tensor | None  # (B, n, m), +inf on padded entries; the first K is built in it
-    cost_filled: torch.Tensor  # (B, n, m), 0 on padded entries
-    padded: torch.Tensor       # (B, n, m) bool, True where a row or a column is padding
-    cost_min: torch.Tensor     # (B,) smallest unpadded cost
-    a: torch.Tensor            # (B, n), 0 on padded rows
-    b: torch.Tensor            # (B, m), 0 on padded columns
-    mass: torch.Tensor         # (B,) mass to transport: s * min(|a|, |b|)
-    row_mask: torch.Tensor
-    col_mask: torch.Tensor
-
-
-def check_problem(cost, row_mask, col_mask, mass, epsilon, a, b, max_iter, tol, check_every) -> Problem:
-    """Validate the inputs (one host sync for all the data checks) and build the working problem."""
-    _check_settings(epsilon, max_iter, tol, check_every)
-    if not isinstance(cost, torch.Tensor) or cost.dim() != 3 or not cost.is_floating_point():
-        raise TransportInputError(f"cost must be a floating (B, n, m) tensor, got {_describe(cost)}")
-    B, n, m = cost.shape
-    for name, mask, shape in (("row_mask", row_mask, (B, n)), ("col_mask", col_mask, (B, m))):
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != shape:
-            raise TransportInputError(f"{name} must be a bool tensor of shape {shape} (cost is {tuple(cost.shape)}), got {_describe(mask)}")
-    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
-    cost = cost.to(dtype)
-    row_mask, col_mask = row_mask.to(cost.device), col_mask.to(cost.device)
-    padded = ~(row_mask.unsqueeze(2) & col_mask.unsqueeze(1))
-    a = _marginal("a", a, row_mask, dtype)
-    b = _marginal("b", b, col_mask, dtype)
-    s = _mass_fraction(mass, B, cost.device, dtype)
-
-    # Four passes over the batch in all; the sum of the unpadded costs is NaN or inf exactly when
-    # one of them is (or when they are too large to add up, which is as unusable).
-    cost_filled = cost.masked_fill(padded, 0.0)
-    cost_inf = cost.masked_fill(padded, math.inf)
-    cost_min = cost_inf.amin(dim=(1, 2))
-    counts = [
-        (~row_mask.any(dim=1)).sum(), (~col_mask.any(dim=1)).sum(),
-        (~torch.isfinite(cost_filled.sum(dim=(1, 2)))).sum(),
-        (~torch.isfinite(a)).sum() + (a < 0).sum() + (~torch.isfinite(b)).sum() + (b < 0).sum(),
-        (a.sum(dim=1) <= 0).sum() + (b.sum(dim=1) <= 0).sum(),
-    ]
-    empty_rows, empty_cols, bad_costs, bad_marginals, no_mass = torch.stack(counts).tolist()
-    if empty_rows or empty_cols:
-        raise TransportInputError(
-            f"empty example(s): {empty_rows} with no unmasked rows, {empty_cols} with no unmasked columns "
-            f"(first: {_first(~row_mask.any(dim=1) | ~col_mask.any(dim=1))}); every pair needs at least one token and one patch")
-    if bad_costs:
-        raise TransportInputError(
-            f"cost has NaN or infinite values on unmasked entries in {bad_costs} example(s) (first: "
-            f"{_first(~torch.isfinite(cost_filled.sum(dim=(1, 2))))}); padded entries may hold anything")
-    if bad_marginals:
-        raise TransportInputError("marginals a and b must be finite and >= 0 on unmasked entries")
-    if no_mass:
-        raise TransportInputError("every example needs a positive total marginal mass on its unmasked entries")
-    total = torch.minimum(a.sum(dim=1), b.sum(dim=1))
-    return Problem(cost_inf=cost_inf, cost_filled=cost_filled, padded=padded, cost_min=cost_min, a=a, b=b, mass=s * total,
-                   row_mask=row_mask, col_mask=col_mask)
-
-
-def _check_settings(epsilon, max_iter, tol, check_every) -> None:
-    if not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon <= 0:
-        raise TransportInputError(f"epsilon must be a finite number > 0, got {epsilon!r}")
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise TransportInputError(f"max_iter must be an int >= 1, got {max_iter!r}")
-    if not isinstance(check_every, int) or check_every < 1:
-        raise TransportInputError(f"check_every must be an int >= 1, got {check_every!r}")
-    if not isinstance(tol, (int, float)) or not tol >= 0:
-        raise TransportInputError(f"tol must be a number >= 0, got {tol!r}")
-
-
-def _mass_fraction(mass, batch: int, device, dtype) -> torch.Tensor:
-    """s as a (B,) tensor, each in (0, 1]: above 1 there is not that much mass to move."""
-    s = torch.as_tensor(mass, dtype=torch.float64).flatten()
-    if s.numel() not in (1, batch):
-        raise TransportInputError(f"mass must be a float or one value per example ({batch}), got {s.numel()} values")
-    bad = s[~((s > 0) & (s <= 1))]
-    if bad.numel():
-        value = bad[0].item()
-        why = "exceeds the available mass" if value > 1 else "is not positive" if value <= 0 else "is not a number"
-        raise TransportInputError(
-            f"mass fraction s={value} {why}: s must be in (0, 1], the fraction of min(sum a, sum b) to transport")
-    return s.expand(batch).to(device=device, dtype=dtype)
-
-
-def _marginal(name: str, given, mask: torch.Tensor, dtype) -> torch.Tensor:
-    """Uniform over the unmasked entries by default; padded entries always carry 0."""
-    if given is None:
-        weights = mask.to(dtype)
-        return weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
-    if not isinstance(given, torch.Tensor) or tuple(given.shape) != tuple(mask.shape):
-        raise TransportInputError(f"{name} must be a tensor of shape {tuple(mask.shape)}, got {_describe(given)}")
-    return torch.where(mask, given.to(device=mask.device, dtype=dtype), 0.0)
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"{x.dtype} tensor of shape {tuple(x.shape)}"
-    return type(x).__name__
-
-
-def _first(flags: torch.Tensor) -> int:
-    return int(flags.nonzero()[0, 0])
