@@ -145,11 +145,12 @@ def check_fingerprint(split_dir: Path, expected: dict, which: str = PLAN) -> Non
     found = read_json(path)["fingerprint"]
     diffs = fingerprint_diff(expected, found)
     if diffs:
-        shown = ", ".join(f"{d} (cache: {_get(found, d)!r}, now: {_get(expected, d)!r})" for d in diffs[:8])
+        shown = ", ".join(f"{d} (cache: {field_value(found, d)!r}, now: {field_value(expected, d)!r})" for d in diffs[:8])
         raise CacheError(f"file {path}: the cache was built with another configuration; fields that differ: {shown}")
 
 
-def _get(d: dict, dotted: str):
+def field_value(d: dict, dotted: str):
+    """The value at a dotted key, shortened for an error message ('<absent>' where missing)."""
     for k in dotted.split("."):
         if not isinstance(d, dict) or k not in d:
             return "<absent>"
@@ -157,14 +158,15 @@ def _get(d: dict, dotted: str):
     return d if not isinstance(d, str) or len(d) < 80 else d[:16] + "..."
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, error: type[Exception] = CacheError) -> dict:
+    """A JSON file, or `error` naming the file and, for malformed JSON, the line and column."""
     path = Path(path)
     if not path.exists():
-        raise CacheError(f"file {path}: not found")
+        raise error(f"file {path}: not found")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise CacheError(f"file {path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+        raise error(f"file {path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
 
 
 # ----------------------------------------------------------------------------- reading

@@ -1,12 +1,12 @@
 """`groundedbert evaluate grounding`: every metric of a trained run on one split, as one JSON-able dict."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipeline.cache_format import read_json
 from pipeline.errors import ConfigError
 from pipeline.evaluation.metrics import matching_accuracy, retrieval, roc_auc
 from pipeline.evaluation.pointing import PointingGame
@@ -20,13 +20,8 @@ from pipeline.training.reader import SplitReader, epoch_loader
 
 
 def load_grounding(path: Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"file {path}: grounding file not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"file {path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    """grounding.json (word spans and boxes); a missing or malformed file is the user's to fix."""
+    return read_json(path, ConfigError)
 
 
 @torch.no_grad()

@@ -14,7 +14,8 @@ import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.cache_format import MANIFEST, PLAN, check_fingerprint, fingerprint_diff, read_json, shard_path
+from pipeline.cache_format import (MANIFEST, PLAN, check_fingerprint, field_value, fingerprint_diff, read_json,
+                                   shard_path)
 from pipeline.errors import BadItems, CacheError
 from pipeline.extraction import distributed
 from pipeline.extraction.directory import take
@@ -66,20 +67,12 @@ def up_to_date(split_dir: Path, cheap_fingerprint: dict, overwrite: bool = False
     if diffs:
         if overwrite:
             return False
-        shown = ", ".join(f"{d} (cache: {_short(found, d)!r}, now: {_short(cheap_fingerprint, d)!r})" for d in diffs[:8])
+        shown = ", ".join(f"{d} (cache: {field_value(found, d)!r}, now: {field_value(cheap_fingerprint, d)!r})" for d in diffs[:8])
         raise CacheError(f"file {split_dir / PLAN}: the cache was built with another configuration; "
                          f"fields that differ: {shown} (use another --cache folder, or --overwrite)")
     if not (split_dir / MANIFEST).exists():
         return False
     return not any(missing_shards(split_dir, plan).values())
-
-
-def _short(d: dict, dotted: str):
-    for k in dotted.split("."):
-        if not isinstance(d, dict) or k not in d:
-            return "<absent>"
-        d = d[k]
-    return d if not isinstance(d, str) or len(d) < 80 else d[:16] + "..."
 
 
 def run(split_dir: Path, fingerprint: dict, *, text: TextJob | None = None, image: ImageJob | None = None,
