@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -16,10 +17,24 @@ from pipeline.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = REPO_ROOT / "params.yaml"
+PARAMS_ENV = "GROUNDEDBERT_PARAMS"
+
+
+def defaults_file() -> Path:
+    """Which params.yaml holds the defaults: $GROUNDEDBERT_PARAMS, else the one in the working directory,
+    else the one beside this package.
+
+    The working directory wins because that is where DVC runs a stage: `dvc exp run -S train.mass=1`
+    edits the params.yaml of the experiment's own workspace, and the installed package's copy must not
+    silently shadow it."""
+    if os.environ.get(PARAMS_ENV):
+        return Path(os.environ[PARAMS_ENV])
+    local = Path.cwd() / "params.yaml"
+    return local if local.exists() else DEFAULTS_FILE
 
 
 def load_defaults(path: Path | None = None) -> dict:
-    path = Path(path) if path is not None else DEFAULTS_FILE
+    path = Path(path) if path is not None else defaults_file()
     if not path.exists():
         raise ConfigError(f"file {path}: defaults file not found")
     with open(path) as f:

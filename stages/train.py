@@ -31,5 +31,10 @@ def train(
     from pipeline.training.fit import fit  # torch and dvclive load only when the command runs
 
     resolved = resolve(config, set or [])
+    t = resolved["train"]
+    # The knobs a sweep varies, up front: a log then shows which experiment it is.
+    typer.echo(f"objective: lambda_ot={t['lambda_ot']} mass={t['mass']} epsilon={t['epsilon']} d_g={t['d_g']} "
+               f"hinge={t['ot_hinge_weight']} solver={t['ot_solver']} negatives={t['negatives']}/{t['negative_mode']}",
+               err=True)
     summary = fit(resolved, cache, out, resume=resume, log=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps(summary))

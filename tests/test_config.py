@@ -61,3 +61,19 @@ def test_resolved_config_is_saved(tmp_path):
     cfg = resolve(None, ["train.mass=0.25"])
     path = save_resolved(cfg, tmp_path / "run")
     assert json.loads(path.read_text())["train"]["mass"] == 0.25
+
+
+def test_the_working_directorys_params_win(tmp_path, monkeypatch):
+    """DVC runs each stage (and each `dvc exp run -S` experiment) in its workspace: that params.yaml
+    must be the one read, not the installed package's."""
+    import yaml
+    cfg = load_defaults()
+    cfg["train"]["mass"] = 0.125
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    assert resolve()["train"]["mass"] == 0.125
+    other = tmp_path / "elsewhere.yaml"
+    cfg["train"]["mass"] = 0.75
+    other.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("GROUNDEDBERT_PARAMS", str(other))
+    assert resolve()["train"]["mass"] == 0.75

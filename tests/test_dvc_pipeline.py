@@ -45,11 +45,11 @@ def test_repro_then_experiment_reuses_the_cache(tmp_path):
     repo = tmp_path / "repo"
     copy_repo(repo)
     tiny_params(repo, make_tiny_text_model(tmp_path / "tiny-bert"))
-    # `groundedbert` runs this checkout's code with this interpreter, whatever is installed elsewhere.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "groundedbert").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m stages.cli "$@"\n')
-    (bin_dir / "groundedbert").chmod(stat.S_IRWXU)
+    # dvc.yaml runs `python -m stages.cli`: make `python` this interpreter, whatever PATH holds.
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(stat.S_IRWXU)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1", "GROUNDEDBERT_WEIGHTS": str(repo / "weights")}
@@ -78,6 +78,12 @@ def test_repro_then_experiment_reuses_the_cache(tmp_path):
     assert "Running stage 'extract" not in out and "Running stage 'synth'" not in out, out
     assert {s: (repo / f"cache/default/{s}/manifest.json").stat().st_mtime_ns for s in manifests} == manifests
     assert json.loads((repo / "runs/default/config.json").read_text())["train"]["lambda_ot"] == 0.0
+
+    # An experiment in a workspace of its own (what `dvc exp run --queue` does): its params.yaml, not the
+    # one beside the installed package or in this checkout, must decide the run.
+    out = sh(*dvc, "exp", "run", "--temp", "evaluate", "-S", "train.mass=1.0")
+    assert " mass=1.0 " in out, out
+    assert "Running stage 'extract" not in out, out
 
     shown = json.loads(sh(*dvc, "exp", "show", "--json"))
     assert "runs/default/metrics.json" in json.dumps(shown)
