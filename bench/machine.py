@@ -1,6 +1,7 @@
 """What the bench scripts print first: the machine, its load, and its measured matrix-product peak."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -10,13 +11,9 @@ import torch
 
 def machine_info() -> str:
     cpu = platform.processor() or "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # no /proc/cpuinfo (macOS): keep platform's name
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (f"machine: {cpu}; {os.cpu_count()} cpus; torch {torch.__version__} with {torch.get_num_threads()} threads; "

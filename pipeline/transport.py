@@ -242,7 +242,12 @@ class _DualState:
 
     def _check(self) -> tuple[torch.Tensor, float, float]:
         """The marginal errors (B,), the worst of them and the largest |log| of a scaling, with the
-        only host sync of the iterations. kkt_marginal_error, fused over rows and columns."""
+        only host sync of the iterations.
+
+        The error is the L1 residual of partial OT's marginal optimality conditions: row sums above a
+        count, and so do row sums below a on rows whose dual is active (< 0), where complementary
+        slackness says the row must be full; the same for columns. The total mass needs no term: the
+        last projection of every sweep makes it exact. Padded entries have a = 0 and sums 0."""
         n, tiny = self.u.shape[2], self.tiny
         gaps, active = self.gaps, self.active
         torch.mul(self.c_raw, self.scale, out=self.c)  # the sweeps leave c to here
@@ -268,17 +273,3 @@ class _DualState:
         plan = self.K.mul_(self.u.transpose(1, 2)).mul_(self.c)
         self.K = self.KT = None
         return plan
-
-
-def kkt_marginal_error(rows, cols, a, b, row_active, col_active) -> torch.Tensor:
-    """(B,) L1 residual of the marginal optimality conditions of partial OT.
-
-    Row sums above a count, and so do row sums below a on rows whose dual is active (< 0): there
-    complementary slackness says the row must be full. Same for columns. The total mass needs no
-    term: the last projection of every sweep makes it exact. Padded entries have a = 0 and sums 0.
-    """
-    row_gap = torch.where(row_active, (rows - a).abs(), (rows - a).clamp_min(0.0))
-    col_gap = torch.where(col_active, (cols - b).abs(), (cols - b).clamp_min(0.0))
-    return row_gap.sum(dim=1) + col_gap.sum(dim=1)
-
-

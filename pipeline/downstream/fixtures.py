@@ -42,8 +42,10 @@ def _sentence(rng: random.Random) -> str:
 
 
 def _other(rng: random.Random, s: str) -> str:
-    while (t := _sentence(rng)) == s:
-        pass
+    """A sentence that differs from s: draw again until it does."""
+    t = _sentence(rng)
+    while t == s:
+        t = _sentence(rng)
     return t
 
 
