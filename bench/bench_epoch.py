@@ -66,7 +66,9 @@ def timed_step(model, optimizer, batch, cfg, generator, clock: SolverClock) -> d
     return {"mlp_forward_and_losses": t1 - t0 - clock.seconds, "ot_plan": clock.seconds, "backward_optimizer": t2 - t1}
 
 
-def profile_from_cache(reader, cfg, steps: int, solver: str, clock: SolverClock) -> dict:
+def profile_from_cache(reader, cfg, steps: int, solver: str, clock: SolverClock, warmup: int = 0) -> dict:
+    """Per-step times over `steps` steps (0: the whole epoch) after `warmup` untimed ones (a compiled
+    solver compiles in its first steps: a one-off per process, reported apart by bench_transport.py)."""
     cfg = {**cfg, "ot_solver": solver}
     torch.manual_seed(0)
     d_t, d_v = reader.dims()
@@ -75,9 +77,13 @@ def profile_from_cache(reader, cfg, steps: int, solver: str, clock: SolverClock)
     generator = torch.Generator().manual_seed(0)
     totals, n, items = {"data": 0.0}, 0, 0
     start = tick = time.perf_counter()
-    for batch in epoch_loader(reader, cfg["batch_size"], seed=[0, 0]):
-        totals["data"] += time.perf_counter() - tick
+    for index, batch in enumerate(epoch_loader(reader, cfg["batch_size"], seed=[0, 0])):
         batch = to_device(batch, torch.device("cpu"))
+        if index < warmup:
+            timed_step(model, optimizer, batch, cfg, generator, clock)
+            start = tick = time.perf_counter()
+            continue
+        totals["data"] += time.perf_counter() - tick
         for k, v in timed_step(model, optimizer, batch, cfg, generator, clock).items():
             totals[k] = totals.get(k, 0.0) + v
         n, items = n + 1, items + batch["h"].shape[0]
@@ -138,6 +144,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data/synth"), help="the synthetic dataset the cache came from")
     ap.add_argument("--split", default="train")
     ap.add_argument("--steps", type=int, default=0, help="cache steps to time (0 = the whole epoch)")
+    ap.add_argument("--warmup", type=int, default=0, help="untimed steps first (say 5 for sinkhorn-compiled)")
     ap.add_argument("--pot-steps", type=int, default=3, help="steps timed with POT's exact solver")
     ap.add_argument("--encoder-steps", type=int, default=2, help="batches timed with the encoders in the loop")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
@@ -153,7 +160,7 @@ def main() -> None:
 
     clock = SolverClock()
     losses.solve_plan = clock   # the losses module looks the solver up at call time
-    cached = profile_from_cache(reader, cfg, args.steps, cfg["ot_solver"], clock)
+    cached = profile_from_cache(reader, cfg, args.steps, cfg["ot_solver"], clock, args.warmup)
     pot = profile_from_cache(reader, cfg, args.pot_steps, "pot-exact", clock)
     records = load_split(args.data / "captions.jsonl", args.data, args.split)
     live = encoders_per_batch(reader, cfg, ex, records, args.data, args.encoder_steps, clock)

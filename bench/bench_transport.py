@@ -98,12 +98,17 @@ def machine():
             f"torch {torch.__version__}; POT {ot.__version__}; load average: {os.getloadavg()}")
 
 
-def bench_fast(batch, n, m, device, repeats, tol=TOL):
+def bench_fast(batch, n, m, device, repeats, tol=TOL, compiled=False):
+    """partial_ot's best times; with `compiled`, the first call (the one-off compilation) timed apart."""
     cost, rows, cols = training_costs(batch, n, m, device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    wall, cpu, result = best_time(lambda: partial_ot(cost, rows, cols, MASS, EPS, tol=tol), repeats, sync)
+    first = time.perf_counter()
+    partial_ot(cost, rows, cols, MASS, EPS, tol=tol, compiled=compiled)
+    sync()
+    first = time.perf_counter() - first
+    wall, cpu, result = best_time(lambda: partial_ot(cost, rows, cols, MASS, EPS, tol=tol, compiled=compiled), repeats, sync)
     bytes_per_sweep = 2 * batch * n * m * 4
-    return dict(wall=wall, cpu=cpu, iterations=result.iterations, result=result,
+    return dict(wall=wall, cpu=cpu, first=first, iterations=result.iterations, result=result,
                 error=result.marginal_error.max().item(), gbs=bytes_per_sweep * result.iterations / wall / 1e9,
                 converged=result.converged)
 
@@ -199,32 +204,45 @@ def main():
                       f"this {this * 1e3:.2f} ms ({its} sweeps), "
                       f"{args.compare} {that * 1e3:.2f} ms ({other_its} sweeps): {that / this:.2f}x; "
                       f"largest cost difference {diff:.1e}")
-        fast = bench_fast(batch, n, m, "cpu", args.repeats)
-        torch.set_num_threads(1)
-        single = bench_fast(batch, n, m, "cpu", args.repeats)
-        torch.set_num_threads(threads)
+        runs = {}
+        # Each shape compiled afresh, static, as a process solving only this shape would: after a shape
+        # change torch.compile recompiles with dynamic shapes, slower per sweep (training's case, timed
+        # by bench_epoch.py).
+        torch._dynamo.reset()
+        for compiled in (False, True):  # compiled at all threads first, so its compilation is timed there
+            runs[compiled, threads] = bench_fast(batch, n, m, "cpu", args.repeats, compiled=compiled)
+            torch.set_num_threads(1)
+            runs[compiled, 1] = bench_fast(batch, n, m, "cpu", args.repeats, compiled=compiled)
+            torch.set_num_threads(threads)
         pot = bench_pot(batch, n, m, args.entropic_pairs)
         pairs = pot["entropic_pairs"]
         extrapolated = "" if pairs == batch else f" (timed on {pairs} pairs, extrapolated)"
         print(f"\n{batch} pairs of {n}x{m}:")
-        print(f"  partial_ot, {threads} threads  {fast['wall'] * 1e3:8.2f} ms wall; {fast['iterations']} sweeps, "
-              f"marginal error {fast['error']:.1e} (KKT, L1), converged {fast['converged']}, relative cost error "
-              f"{relative_cost_error(fast['result'].cost, batch, n, m, pairs):.1e}")
-        print(f"  partial_ot, 1 thread    {single['wall'] * 1e3:8.2f} ms wall, {single['cpu'] * 1e3:8.2f} ms CPU")
-        print(f"  POT exact loop          {pot['exact_wall'] * 1e3:8.2f} ms wall, {pot['exact_cpu'] * 1e3:8.2f} ms CPU")
-        print(f"  POT entropic loop       {pot['entropic_wall'] * 1e3:8.2f} ms wall, {pot['entropic_cpu'] * 1e3:8.2f} ms CPU"
+        for compiled in (False, True):
+            fast, single = runs[compiled, threads], runs[compiled, 1]
+            label = "partial_ot compiled" if compiled else "partial_ot eager   "
+            print(f"  {label}, {threads} threads {fast['wall'] * 1e3:8.2f} ms wall; {fast['iterations']} sweeps, "
+                  f"marginal error {fast['error']:.1e} (KKT, L1), converged {fast['converged']}, relative cost error "
+                  f"{relative_cost_error(fast['result'].cost, batch, n, m, pairs):.1e}"
+                  + (f"; first call (compiling) {fast['first']:.1f} s" if compiled else ""))
+            print(f"  {label}, 1 thread  {single['wall'] * 1e3:8.2f} ms wall, {single['cpu'] * 1e3:8.2f} ms CPU")
+        print(f"  POT exact loop                     {pot['exact_wall'] * 1e3:8.2f} ms wall, {pot['exact_cpu'] * 1e3:8.2f} ms CPU")
+        print(f"  POT entropic loop                  {pot['entropic_wall'] * 1e3:8.2f} ms wall, {pot['entropic_cpu'] * 1e3:8.2f} ms CPU"
               f"{extrapolated}; stopThr={TOL}: {pot['entropic_iterations']:.0f} iterations on average, primal marginal "
               f"error {pot['entropic_error']:.1e}, relative cost error "
               f"{relative_cost_error(pot['entropic_costs'], batch, n, m, pairs):.1e}")
-        best_wall = min(fast["wall"], single["wall"])
-        print(f"  speed-up vs exact loop (target 10x): {pot['exact_wall'] / best_wall:.1f}x wall (best of 1 or "
-              f"{threads} threads), {pot['exact_cpu'] / single['cpu']:.1f}x CPU time at 1 thread")
-        print(f"  speed-up vs entropic loop (target 50x): {pot['entropic_wall'] / best_wall:.1f}x wall, "
-              f"{pot['entropic_cpu'] / single['cpu']:.1f}x CPU time at 1 thread")
-        gbs = max(fast["gbs"], single["gbs"])
-        print(f"  floor: K read twice per sweep = {2 * batch * n * m * 4 / 1e6:.2f} MB; reached {gbs:.1f} GB/s "
-              f"= {gbs / bandwidth['dram'][1]:.0%} of the DRAM sum, {gbs / bandwidth[CACHE][1]:.0%} of the "
-              f"cache-sized sum; {batch / best_wall:.0f} pairs/s")
+        for compiled in (False, True):
+            fast, single = runs[compiled, threads], runs[compiled, 1]
+            best_wall = min(fast["wall"], single["wall"])
+            label = "compiled" if compiled else "eager"
+            print(f"  {label}: speed-up vs exact loop (target 10x) {pot['exact_wall'] / best_wall:.1f}x wall (best of 1 "
+                  f"or {threads} threads), {pot['exact_cpu'] / single['cpu']:.1f}x CPU time at 1 thread; vs entropic "
+                  f"loop (target 50x) {pot['entropic_wall'] / best_wall:.1f}x wall, "
+                  f"{pot['entropic_cpu'] / single['cpu']:.1f}x CPU time at 1 thread")
+            gbs = max(fast["gbs"], single["gbs"])
+            print(f"  {label}: floor: K read twice per sweep = {2 * batch * n * m * 4 / 1e6:.2f} MB; reached {gbs:.1f} GB/s "
+                  f"= {gbs / bandwidth['dram'][1]:.0%} of the DRAM sum, {gbs / bandwidth[CACHE][1]:.0%} of the "
+                  f"cache-sized sum; {batch / best_wall:.0f} pairs/s")
     if torch.cuda.is_available():
         print(f"\ncuda: {torch.cuda.get_device_name()}")
         cuda_bandwidth = memory_bandwidth("cuda")
@@ -232,9 +250,10 @@ def main():
             print(f"cuda memory bandwidth, {label}: copy {copy:.1f} GB/s, sum {total:.1f} GB/s")
         dram_sum = cuda_bandwidth["dram"][1]
         for batch, n, m in configs:
-            fast = bench_fast(batch, n, m, "cuda", args.repeats)
-            print(f"  {batch} pairs of {n}x{m}: {fast['wall'] * 1e3:.2f} ms, {batch / fast['wall']:.0f} pairs/s, "
-                  f"{fast['iterations']} sweeps, {fast['gbs']:.1f} GB/s = {fast['gbs'] / dram_sum:.1%} of the DRAM sum bandwidth")
+            for compiled in (False, True):
+                fast = bench_fast(batch, n, m, "cuda", args.repeats, compiled=compiled)
+                print(f"  {batch} pairs of {n}x{m}, {'compiled' if compiled else 'eager'}: {fast['wall'] * 1e3:.2f} ms, {batch / fast['wall']:.0f} pairs/s, "
+                      f"{fast['iterations']} sweeps, {fast['gbs']:.1f} GB/s = {fast['gbs'] / dram_sum:.1%} of the DRAM sum bandwidth")
     else:
         print("\ncuda: not available on this machine")
     print(f"\nload average at the end: {os.getloadavg()}")

@@ -6,6 +6,8 @@ iterations and their memory never grows with the iteration count.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from pipeline.errors import ConfigError
@@ -14,6 +16,9 @@ from pipeline.transport import partial_ot
 
 SOLVERS = {
     "sinkhorn": partial_ot,              # the fast batched solver (CPU or CUDA)
+    # The same, its sweeps through torch.compile: 2-3x faster once compiled (a few seconds per process
+    # and shape family); falls back to "sinkhorn" with a warning where compilation is not possible.
+    "sinkhorn-compiled": functools.partial(partial_ot, compiled=True),
     "pot-exact": pot_partial_exact,      # POT's network simplex per pair, epsilon ignored
     "pot-entropic": pot_partial_entropic,  # POT's Dykstra per pair, the reference for "sinkhorn"
 }

@@ -4,6 +4,7 @@ import ot
 import pytest
 import torch
 
+from pipeline.ot_solvers import solve_plan
 from pipeline.transport import partial_ot
 
 SIZES = [(3, 5, 7), (2, 12, 40), (4, 20, 64)]
@@ -183,3 +184,52 @@ def test_float32_agrees_with_float64():
     double = partial_ot(cost, rows, cols, 0.5, 0.05, tol=1e-10)
     assert single.converged
     torch.testing.assert_close(single.cost.double(), double.cost, rtol=1e-4, atol=0)
+
+
+def padded_problem(seed, low=0.0, high=1.0):
+    cost, rows, cols = random_problem(4, 12, 40, seed=seed, low=low, high=high)
+    rows[1, 9:] = False
+    cols[2, 25:] = False
+    return cost, rows, cols
+
+
+def test_compiled_sweeps_give_the_eager_plans():
+    """torch.compile runs the same block (products as fused sums): the same plans, float32 and float64."""
+    cost, rows, cols = padded_problem(seed=41)
+    for dtype, tol, atol in ((torch.float32, 1e-6, 1e-6), (torch.float64, 1e-9, 1e-12)):
+        eager = partial_ot(cost.to(dtype), rows, cols, 0.5, 0.05, tol=tol)
+        compiled = partial_ot(cost.to(dtype), rows, cols, 0.5, 0.05, tol=tol, compiled=True)
+        assert compiled.converged and compiled.plan.dtype == dtype
+        torch.testing.assert_close(compiled.plan, eager.plan, rtol=0, atol=atol)
+        assert (compiled.plan[1, 9:] == 0).all() and (compiled.plan[2, :, 25:] == 0).all()
+    # What training gets with train.ot_solver = sinkhorn-compiled (float32 again: no recompilation).
+    through_interface = solve_plan(cost.float(), rows, cols, mass=0.5, epsilon=0.05, solver="sinkhorn-compiled")
+    torch.testing.assert_close(through_interface, partial_ot(cost.float(), rows, cols, 0.5, 0.05, compiled=True).plan,
+                               rtol=0, atol=0)
+
+
+def test_compiled_sweeps_absorb_where_the_multiplicative_form_underflows():
+    # The same shapes as above (no recompilation), costs in [5, 7] at eps = 2e-3: absorptions happen,
+    # and the compiled block then runs with column caps below 1.
+    cost, rows, cols = padded_problem(seed=43, low=5.0, high=7.0)
+    result = partial_ot(cost.float(), rows, cols, 0.5, 2e-3, tol=1e-6, max_iter=5000, compiled=True)
+    reference = partial_ot(cost, rows, cols, 0.5, 2e-3, tol=1e-9, max_iter=20000)
+    assert result.converged and torch.isfinite(result.plan).all()
+    torch.testing.assert_close(result.cost.double(), reference.cost, rtol=1e-4, atol=0)
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    from pipeline import transport
+
+    def broken_compile(fn, **_):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(transport, "_compiled_block", None)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    cost, rows, cols = random_problem(2, 5, 7, seed=47)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler found.*eagerly"):
+        result = partial_ot(cost, rows, cols, 0.5, 0.05, tol=1e-9, compiled=True)
+    torch.testing.assert_close(result.plan, partial_ot(cost, rows, cols, 0.5, 0.05, tol=1e-9).plan, rtol=0, atol=0)
+    assert transport._compiled_block is False  # later calls go straight to the eager block
