@@ -20,6 +20,10 @@ with K = exp((alpha_i + beta_j + gamma - C_ij) / eps), u = e^f and c = e^(g + h)
 potentials, so a sweep is two batched mat-vecs and a few vector operations. Stability comes from
 Schmitzer's absorption: when a scaling grows past `ABSORB_AT` its log moves into the potentials
 alpha, beta, gamma (kept in cost units so they survive a change of eps) and K is rebuilt.
+
+The sweeps between two convergence checks are one pure function, `_sweep_block`, run eagerly or,
+with `compiled=True`, through torch.compile: on the CPU Inductor turns ten sweeps into one C++
+function with two parallel loops per sweep, instead of a dozen dispatched ops (2-3x faster a sweep).
 """
 from __future__ import annotations
 
