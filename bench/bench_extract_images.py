@@ -1,15 +1,21 @@
 """Images/s of image extraction with the real offline DINOv2 ViT-S/14, and the fraction of this machine's
 measured matrix-product peak it reaches (FLOPs per image from the encoder's own count).
 
-    HF_HUB_OFFLINE=1 python bench/bench_extract_images.py [--images 64] [--batch-size 32] [--threads 2]
+    HF_HUB_OFFLINE=1 python bench/bench_extract_images.py [--images 128] [--batch-size 32] [--threads 2] \
+        [--dtypes float32,bfloat16] [--modes autocast,eager,compiled]
 
-Two numbers per precision: the encoder alone on ready tensors (what the matmuls reach), and the whole
-extraction (PNG decoding in DataLoader workers + encoder + HDF5 writes) through `extract_images`.
+Two numbers per precision and mode: the encoder alone on ready tensors (what the matmuls reach), and the
+whole extraction (PNG decoding + encoder + HDF5 writes) through `extract_images`, decoding as
+`extract.num_workers` says (0: a thread pool between batches; N: DataLoader worker processes).
+Modes: eager and compiled are `extract.image_compile` false / true (a reduced precision casting the
+weights, `extract.image_cast_weights`); autocast is the eager path with float32 weights under autocast
+(`image_cast_weights: false`; float32 skips it, being the same as eager). Load + compile is timed apart.
 Not a test: the machine is shared, so the load average is printed beside the numbers.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -52,11 +58,12 @@ def encoder_only(encoder, batch_size: int, batches: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--images", type=int, default=128, help="end to end: 4 batches, so start-up weighs little")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--num-workers", type=int, default=0, help="as extract.num_workers")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--modes", default="eager,compiled", help="any of autocast, eager, compiled")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=3,
                     help="peak and encoder measured alternately this many times, best of each (the machine is shared)")
@@ -67,18 +74,28 @@ def main() -> None:
         root = Path(tmp) / "images"
         root.mkdir()
         items = make_images(root, args.images)
-        for name in args.dtypes.split(","):
-            enc = load_image_encoder("offline:dinov2-vits14", image_size=224, device=args.device, compute_dtype=name)
+        for name, mode in [(d, m) for d in args.dtypes.split(",") for m in args.modes.split(",")]:
+            if mode == "autocast" and name == "float32":
+                continue
+            t0 = time.perf_counter()
+            enc = load_image_encoder("offline:dinov2-vits14", image_size=224, device=args.device, compute_dtype=name,
+                                     cast_weights=mode != "autocast", compile=mode == "compiled",
+                                     batch_size=args.batch_size)
+            load_s = time.perf_counter() - t0
+            if mode == "compiled" and not enc.compiled:
+                print(f"{name} {mode}: compilation failed (see the warning above), skipped")
+                continue
             flops = enc.flops_per_image()
             peak = alone = 0.0
             for _ in range(args.rounds):  # alternated, so both see the same background load
                 peak = max(peak, matmul_peak(torch_dtype(name), args.device, seconds=1.5))
                 alone = max(alone, encoder_only(enc, args.batch_size, 1))
-            out = Path(tmp) / f"cache-{name}"
+            out = Path(tmp) / f"cache-{name}-{mode}"
             t = extract_images(items, enc, root, out, shard_size=len(items), batch_size=args.batch_size,
                                num_workers=args.num_workers, progress=False)
             e2e = t["items"] / t["wall_s"]
-            print(f"{name}: matmul peak {peak / 1e9:.0f} GFLOP/s; {flops / 1e9:.2f} GFLOP/image; "
+            print(f"{name} {mode} (load{' + compile' if enc.compiled else ''} {load_s:.1f} s; "
+                  f"load average {os.getloadavg()[0]:.2f}): matmul peak {peak / 1e9:.0f} GFLOP/s; {flops / 1e9:.2f} GFLOP/image; "
                   f"encoder alone {alone:.2f} img/s = {alone * flops / 1e9:.0f} GFLOP/s = {alone * flops / peak:.0%} of peak; "
                   f"extraction end to end {e2e:.2f} img/s = {e2e * flops / peak:.0%} of peak "
                   f"(read {t['read']['total_s']:.2f}s, infer {t['infer']['total_s']:.2f}s, "

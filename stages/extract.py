@@ -10,6 +10,7 @@ Under torchrun every rank runs this same command and takes its share of the shar
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -45,10 +46,12 @@ def extract(
     max_length: Annotated[Optional[int], _opt("Tokenizer max length; longer captions are truncated and counted.")] = None,
     image_size: Annotated[Optional[int], _opt("Image encoder input size in pixels.")] = None,
     compute_dtype: Annotated[Optional[str], _opt("float32, bfloat16 or float16.")] = None,
+    image_cast_weights: Annotated[Optional[bool], _opt("bfloat16/float16: cast the image encoder's weights instead of autocasting.")] = None,
+    image_compile: Annotated[Optional[bool], _opt("torch.compile the image encoder (falls back to eager with a warning).")] = None,
     storage_dtype: Annotated[Optional[str], _opt("dtype of the cached arrays.")] = None,
     text_batch_size: Annotated[Optional[int], _opt("Captions per batch (after sorting by length).")] = None,
     image_batch_size: Annotated[Optional[int], _opt("Images per batch.")] = None,
-    num_workers: Annotated[Optional[int], _opt("Image-decoding DataLoader workers.")] = None,
+    num_workers: Annotated[Optional[str], _opt("Image decoding: auto, 0 (this process, on a thread pool, between batches) or N worker processes beside the encoder.")] = None,
     shard_size: Annotated[Optional[int], _opt("Items per HDF5 shard.")] = None,
     device: Annotated[Optional[str], _opt("auto, cpu or cuda.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Delete a cache made with another configuration (only files extraction wrote).")] = False,
@@ -61,6 +64,7 @@ def extract(
     cfg = resolve(config, set or [])["extract"]
     given = dict(on_error=on_error, text_model=text_model, image_model=image_model, text_layer=layer,
                  max_length=max_length, image_size=image_size, compute_dtype=compute_dtype,
+                 image_cast_weights=image_cast_weights, image_compile=image_compile,
                  storage_dtype=storage_dtype, text_batch_size=text_batch_size, image_batch_size=image_batch_size,
                  num_workers=num_workers, shard_size=shard_size, device=device)
     cfg.update({k: v for k, v in given.items() if v is not None})
@@ -82,7 +86,7 @@ def extract(
         storage_dtype=cfg["storage_dtype"], compute_dtype=cfg["compute_dtype"],
         text={"model": cfg["text_model"], "layer": cfg["text_layer"], "max_length": cfg["max_length"]}
         if "text" in mods else None,
-        image={"model": cfg["image_model"], "image_size": cfg["image_size"]} if "image" in mods else None)
+        image=_image_knobs(cfg) if "image" in mods else None)
     from pipeline.extraction.runner import up_to_date
     if up_to_date(split_dir, cheap_part(fp), overwrite):
         say(f"{split_dir}: up to date ({len(records)} captions), nothing to do [{time.perf_counter() - t0:.1f}s]")
@@ -107,6 +111,30 @@ def extract(
     distributed.shutdown()
 
 
+def _image_knobs(cfg: dict) -> dict:
+    """The configured image side of the fingerprint. The speed options change the features' last bits,
+    so they are in it, but only when they apply: caches made before they existed keep matching."""
+    knobs = {"model": cfg["image_model"], "image_size": cfg["image_size"]}
+    if cfg["image_cast_weights"] and cfg["compute_dtype"] != "float32":
+        knobs["cast_weights"] = True
+    if cfg["image_compile"]:
+        knobs["compile"] = True
+    return knobs
+
+
+def decode_workers(value, device) -> int:
+    """extract.num_workers as a count. 'auto': 0 beside a CPU encoder, which already keeps every core busy
+    (worker processes only preempt its threads: README), and up to 8 worker processes for a GPU, whose
+    encoder would otherwise wait for decoding."""
+    if value == "auto":
+        return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ConfigError(f"extract.num_workers must be 'auto' or an integer >= 0, got {value!r}")
+
+
 def _run(cfg, mods, records, images, split_dir, fp, subset, overwrite, world, policy, progress):
     from pipeline.encoders import load_image_encoder, load_text_encoder
     from pipeline.extraction.plan import caption_items, image_items
@@ -124,10 +152,11 @@ def _run(cfg, mods, records, images, split_dir, fp, subset, overwrite, world, po
         text_job = TextJob(caption_items(records, enc), enc, cfg["text_batch_size"])
     if "image" in mods:
         enc = load_image_encoder(cfg["image_model"], image_size=cfg["image_size"], device=device,
-                                 compute_dtype=cfg["compute_dtype"])
+                                 compute_dtype=cfg["compute_dtype"], cast_weights=cfg["image_cast_weights"],
+                                 compile=cfg["image_compile"], batch_size=cfg["image_batch_size"])
         fp["image"]["encoder"] = enc.fingerprint()
         image_job = ImageJob(image_items(records), enc, Path(images), cfg["image_batch_size"],
-                             cfg["num_workers"], policy)
+                             decode_workers(cfg["num_workers"], enc.device), policy)
     return run(split_dir, fp, text=text_job, image=image_job, shard_size=cfg["shard_size"],
                storage_dtype=cfg["storage_dtype"], shards=subset, overwrite=overwrite, world=world,
                progress=progress, skipped_captions=list(policy.skipped),

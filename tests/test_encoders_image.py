@@ -109,3 +109,50 @@ def test_bad_names_are_config_errors(monkeypatch):
         load_image_encoder("random:test_vit?depth")
     with pytest.raises(ConfigError, match=r"'resnet18'.*HF_HUB_OFFLINE"):
         load_image_encoder("resnet18")  # pretrained weights, not cached here
+
+
+def test_cast_weights_runs_the_model_in_bfloat16(vit):
+    enc = load_image_encoder(TINY_IMAGE_MODEL, image_size=TINY_IMAGE_SIZE, compute_dtype="bfloat16",
+                             cast_weights=True)
+    assert enc.model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    pixels = torch.randn(3, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    patches, prefix = enc.encode(pixels)
+    assert patches.dtype == prefix.dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa: tokens of std ~1 agree with float32 to a few hundredths
+    torch.testing.assert_close(patches, vit.encode(pixels)[0], atol=0.1, rtol=0)
+    fp = enc.fingerprint()
+    assert fp["weights_sha256"] == vit.weights_sha256()  # the hash names the weights as loaded (float32)
+    assert fp["weights_dtype"] == "bfloat16" and "weights_dtype" not in vit.fingerprint()
+    cnn = load_image_encoder(TINY_CNN_MODEL, image_size=TINY_IMAGE_SIZE, compute_dtype="bfloat16", cast_weights=True)
+    assert cnn.flops_per_image() == load_image_encoder(TINY_CNN_MODEL, image_size=TINY_IMAGE_SIZE).flops_per_image()
+    # float32 has nothing to cast: the fingerprint stays the plain one
+    assert "weights_dtype" not in load_image_encoder(TINY_IMAGE_MODEL, image_size=TINY_IMAGE_SIZE,
+                                                     cast_weights=True).fingerprint()
+
+
+def test_compiled_forward_matches_eager(vit):
+    # The one test that really compiles (Inductor, a C++ compiler): a few seconds for the tiny ViT.
+    enc = load_image_encoder(TINY_IMAGE_MODEL, image_size=TINY_IMAGE_SIZE, compile=True, batch_size=2)
+    if not enc.compiled:
+        pytest.skip("torch.compile is unavailable here (its fallback is tested below)")
+    assert enc.fingerprint()["compiled"] == "inductor-frozen" and "compiled" not in vit.fingerprint()
+    pixels = torch.randn(5, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)  # 2 + 2 + a last batch padded from 1
+    got, want = enc.encode(pixels), vit.encode(pixels)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=0)  # fused kernels reorder float32 sums, no more
+    assert enc.encode(pixels[:0])[0].shape == (0, 16, 32)
+
+
+def test_failed_compilation_warns_and_stays_eager(vit, monkeypatch):
+    def no_compiler(fn, **kwargs):
+        def run(*a):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed.*running it eagerly"):
+        enc = load_image_encoder(TINY_IMAGE_MODEL, image_size=TINY_IMAGE_SIZE, compile=True, batch_size=2)
+    assert not enc.compiled and enc.fingerprint() == vit.fingerprint()  # the cache says what really ran
+    pixels = torch.randn(3, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    torch.testing.assert_close(enc.encode(pixels)[0], vit.encode(pixels)[0], atol=0, rtol=0)

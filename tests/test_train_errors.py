@@ -53,6 +53,11 @@ def test_stale_cache_names_the_fields(tmp_path):
                       "extract.text_layer")
 
 
+def test_cache_from_a_compiled_encoder_is_stale_for_the_eager_default(tmp_path):
+    make_cache(tmp_path / "c", fingerprint=default_fingerprint("x", **{"image.compile": True}))
+    assert_user_error(train(tmp_path / "c", tmp_path / "run"), "stale", "image.compile", "extract.image_compile")
+
+
 def test_splits_extracted_with_different_encoders(tmp_path):
     make_cache(tmp_path / "c")
     shutil.rmtree(tmp_path / "c" / "val")

@@ -40,9 +40,10 @@ def vit_flops(model: torch.nn.Module, num_patches: int) -> float:
     return total
 
 
-def counted_flops(model: torch.nn.Module, image_size: int, device) -> float:
-    """FLOPs of one forward_features at image_size, counted by torch (matmuls and convolutions)."""
-    x = torch.zeros(1, 3, image_size, image_size, device=device)
+def counted_flops(model: torch.nn.Module, image_size: int, device, dtype: torch.dtype = torch.float32) -> float:
+    """FLOPs of one forward_features at image_size, counted by torch (matmuls and convolutions);
+    `dtype`: the weights' dtype (bfloat16 when the encoder casts them)."""
+    x = torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype)
     # torch's counter does not see the CPU's fused attention kernel, so count timm attention unfused.
     fused = [(mod, mod.fused_attn) for mod in model.modules() if isinstance(getattr(mod, "fused_attn", None), bool)]
     try:

@@ -10,6 +10,11 @@ Names:
 ViTs: tokens of `forward_features` (final norm applied), split at `num_prefix_tokens` into prefix
 (CLS first, then registers) and patches (row-major over the grid). CNNs: the last feature map
 (B, C, H, W) flattened to H*W patches, no prefix (stage two uses the patch mean as the global vector).
+
+Speed (see compiled.py and the README's measurements): with `cast_weights` a reduced compute_dtype runs
+the model with its weights in that dtype (no per-op casts, bf16 kernels throughout) instead of autocast;
+with `compile` the forward is compiled once, for one batch shape, by torch.compile (Inductor).
+Both change the features' last bits, so both are in the encoder fingerprint.
 """
 from __future__ import annotations
 
@@ -17,12 +22,13 @@ import math
 
 import torch
 
+from pipeline.encoders.compiled import COMPILED, compile_forward, in_fixed_batches
 from pipeline.encoders.flops import counted_flops, is_plain_vit, vit_flops
 from pipeline.encoders.hashing import state_dict_sha256
 from pipeline.encoders.offline import IMAGE_NAMES, hub_hint
 from pipeline.encoders.preprocess import Preprocess
 from pipeline.errors import ConfigError
-from pipeline.runtime import autocast, pick_device
+from pipeline.runtime import autocast, pick_device, torch_dtype
 
 RANDOM_SEED = 0  # random: models are created under this seed, so their weights (and caches) are reproducible
 
@@ -87,12 +93,22 @@ def _build(name: str, image_size: int) -> tuple[torch.nn.Module, dict]:
 
 class ImageEncoder:
     def __init__(self, name: str, model: torch.nn.Module, *, image_size: int, device, compute_dtype: str,
-                 extra_fingerprint: dict | None = None):
+                 extra_fingerprint: dict | None = None, cast_weights: bool = False, compile: bool = False,
+                 batch_size: int = 32):
         import timm.data
 
         self.name, self.model, self.image_size = name, model, int(image_size)
         self.device, self.compute_dtype = device, compute_dtype
         self._extra = dict(extra_fingerprint or {})
+        self._weights_sha256: str | None = None
+        self._flops: float | None = None
+        self.batch_size, self._compiled = int(batch_size), None  # eager until compiled, below
+        # Reduced precision by casting the weights: autocast re-casts every Linear's weights and inputs
+        # on every call (~20% of a bf16 forward on the CPU, measured) and runs GELU and norms in float32.
+        self.weights_dtype = torch_dtype(compute_dtype) if cast_weights and compute_dtype != "float32" else None
+        if self.weights_dtype is not None:
+            self.weights_sha256()  # the hash names the float32 weights the model was loaded with
+            model.to(self.weights_dtype)
         cfg = timm.data.resolve_data_config({}, model=model)
         self.preprocess = Preprocess(self.image_size, cfg["interpolation"], cfg["mean"], cfg["std"])
         self._nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"  # e.g. timm's Swin, ConvNeXt-NHWC
@@ -122,17 +138,33 @@ class ImageEncoder:
         else:
             raise ConfigError(f"image model {name!r}: forward_features gave shape {tuple(feats.shape)}, "
                               "neither tokens (B, N, D) nor a feature map (B, C, H, W)")
-        self._weights_sha256: str | None = None
-        self._flops: float | None = None
+        if compile:
+            example = torch.zeros(self.batch_size, 3, self.image_size, self.image_size, device=device,
+                                  dtype=self.weights_dtype or torch.float32)
+            self._compiled = compile_forward(self._forward, example, name)
 
-    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast(self.device, self.compute_dtype):
+    @property
+    def compiled(self) -> bool:
+        """True when the forward runs compiled (asked for, and compilation succeeded)."""
+        return self._compiled is not None
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The model's tokens (B, N, D) or map (B, C, H, W); what torch.compile compiles."""
+        with autocast(self.device, "float32" if self.weights_dtype is not None else self.compute_dtype):
             feats = self.model.forward_features(pixels)
             if self._nhwc and feats.ndim == 4:
                 feats = feats.permute(0, 3, 1, 2)
             if self._token_norm is not None and feats.ndim == 3:
                 feats = self._token_norm(feats)
         return feats
+
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.weights_dtype is not None:
+            pixels = pixels.to(self.weights_dtype)
+        with torch.inference_mode():
+            if self._compiled is not None:
+                return in_fixed_batches(self._compiled, pixels, self.batch_size)
+            return self._forward(pixels)
 
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) -> patches (B, m, dim), prefix (B, P, dim); float32 on the encoder's device."""
@@ -154,8 +186,14 @@ class ImageEncoder:
         return self._weights_sha256
 
     def fingerprint(self) -> dict:
-        return {"name": self.name, "weights_sha256": self.weights_sha256(), "image_size": self.image_size,
-                "preprocessing": self.preprocess.describe(), "compute_dtype": self.compute_dtype, **self._extra}
+        fp = {"name": self.name, "weights_sha256": self.weights_sha256(), "image_size": self.image_size,
+              "preprocessing": self.preprocess.describe(), "compute_dtype": self.compute_dtype, **self._extra}
+        # Present only when used, so caches made before these options existed (eager, autocast) still match.
+        if self.weights_dtype is not None:
+            fp["weights_dtype"] = self.compute_dtype
+        if self.compiled:
+            fp["compiled"] = COMPILED
+        return fp
 
     def flops_per_image(self) -> float:
         """Matmul FLOPs (2 x MACs) of one forward at image_size; the formula is in flops.py."""
@@ -163,17 +201,23 @@ class ImageEncoder:
             if is_plain_vit(self.model) and self._token_norm is None:
                 self._flops = vit_flops(self.model, self.num_patches)
             else:
-                self._flops = counted_flops(self.model, self.image_size, self.device)
+                self._flops = counted_flops(self.model, self.image_size, self.device,
+                                            self.weights_dtype or torch.float32)
         return self._flops
 
 
-def load_image_encoder(name: str, *, image_size: int = 224, device="cpu",
-                       compute_dtype: str = "float32") -> ImageEncoder:
+def load_image_encoder(name: str, *, image_size: int = 224, device="cpu", compute_dtype: str = "float32",
+                       cast_weights: bool = False, compile: bool = False, batch_size: int = 32) -> ImageEncoder:
+    """`cast_weights`: a reduced compute_dtype casts the weights instead of autocasting. `compile`: compile
+    the forward for batches of `batch_size` (shorter ones are padded); falls back to eager with a warning."""
     device = pick_device(str(device))
     autocast(device, compute_dtype)  # fail now on a dtype the device cannot run
     if int(image_size) < 1:
         raise ConfigError(f"image_size must be positive, got {image_size}")
+    if int(batch_size) < 1:
+        raise ConfigError(f"image batch size must be positive, got {batch_size}")
     model, extra = _build(name, int(image_size))
     model.eval().requires_grad_(False).to(device)
     return ImageEncoder(name, model, image_size=int(image_size), device=device, compute_dtype=compute_dtype,
-                        extra_fingerprint=extra)
+                        extra_fingerprint=extra, cast_weights=cast_weights, compile=compile,
+                        batch_size=int(batch_size))

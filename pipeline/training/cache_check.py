@@ -11,7 +11,9 @@ from pipeline.errors import CacheError
 # fingerprint field -> extract.* key it records (the fields the extract stage writes from the config).
 CONFIG_FIELDS = {"storage_dtype": "storage_dtype", "compute_dtype": "compute_dtype",
                  "text.model": "text_model", "text.layer": "text_layer", "text.max_length": "max_length",
-                 "image.model": "image_model", "image.image_size": "image_size"}
+                 "image.model": "image_model", "image.image_size": "image_size",
+                 # Recorded only when on (see stages/extract.py), so absent means "off or older cache".
+                 "image.compile": "image_compile", "image.cast_weights": "image_cast_weights"}
 # Fields that differ between splits of one cache, or that do not change the features.
 PER_SPLIT = ("split", "shard_size", "modalities")
 
