@@ -317,9 +317,7 @@ def _guarded(compiled_fn):
         global _compiled_block
         try:
             return compiled_fn(*args)
-        except Exception as error:  # any compiler failure: the eager block gives the same plans
-            if _compiled_block is not run:
-                raise
+        except Exception as error:  # any compiler failure (an error of the sweeps themselves recurs eagerly)
             warnings.warn(f"partial_ot: torch.compile failed ({type(error).__name__}: {str(error)[:200]}); "
                           "running the solver eagerly", RuntimeWarning, stacklevel=3)
             _compiled_block = False
