@@ -68,6 +68,7 @@ def extract(
                  storage_dtype=storage_dtype, text_batch_size=text_batch_size, image_batch_size=image_batch_size,
                  num_workers=num_workers, shard_size=shard_size, device=device)
     cfg.update({k: v for k, v in given.items() if v is not None})
+    cfg["num_workers"] = parse_workers(cfg["num_workers"])  # a bad value fails before any model loads
     if modality not in MODALITIES:
         raise ConfigError(f"--modality must be one of {sorted(MODALITIES)}, got {modality!r}")
     if cfg["storage_dtype"] not in STORAGE_DTYPES:
@@ -122,17 +123,25 @@ def _image_knobs(cfg: dict) -> dict:
     return knobs
 
 
-def decode_workers(value, device) -> int:
-    """extract.num_workers as a count. 'auto': 0 beside a CPU encoder, which already keeps every core busy
-    (worker processes only preempt its threads: README), and up to 8 worker processes for a GPU, whose
-    encoder would otherwise wait for decoding."""
+def parse_workers(value) -> int | str:
+    """extract.num_workers checked: 'auto' or a count >= 0 (from YAML, --set or the command line)."""
     if value == "auto":
-        return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+        return value
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     raise ConfigError(f"extract.num_workers must be 'auto' or an integer >= 0, got {value!r}")
+
+
+def decode_workers(value, device) -> int:
+    """extract.num_workers as a count. 'auto': 0 beside a CPU encoder, which already keeps every core busy
+    (worker processes only preempt its threads: README), and up to 8 worker processes for a GPU, whose
+    encoder would otherwise wait for decoding."""
+    value = parse_workers(value)
+    if value == "auto":
+        return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    return value
 
 
 def _run(cfg, mods, records, images, split_dir, fp, subset, overwrite, world, policy, progress):
