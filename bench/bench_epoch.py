@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import add_malloc_flag, set_malloc  # noqa: E402
 from pipeline.config import resolve  # noqa: E402
 from pipeline.data import load_rgb, load_split, resolve_image  # noqa: E402
 from pipeline.encoders import load_image_encoder, load_text_encoder  # noqa: E402
@@ -150,7 +152,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--set", action="append", default=[], help="configuration override, e.g. train.batch_size=64")
     ap.add_argument("--out", type=Path)
+    add_malloc_flag(ap)
     args = ap.parse_args()
+    malloc = set_malloc(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = resolve(None, args.set)
@@ -169,7 +173,7 @@ def main() -> None:
     epoch_live = live["seconds_per_step"] * steps_per_epoch
     report = {"config": {k: cfg[k] for k in ("batch_size", "d_g", "hidden", "lambda_ot", "ot_hinge_weight", "mass",
                                              "epsilon", "ot_solver")},
-              "threads": torch.get_num_threads(), "steps_per_epoch": steps_per_epoch,
+              "threads": torch.get_num_threads(), "malloc": malloc, "steps_per_epoch": steps_per_epoch,
               "captions": reader.num_captions, "images": reader.num_images,
               "epoch_seconds_from_cache": epoch_cached, "epoch_seconds_with_encoders": epoch_live,
               "speedup": epoch_live / epoch_cached,

@@ -28,7 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_info, matmul_peak  # noqa: E402
+from machine import add_malloc_flag, machine_info, matmul_peak, set_malloc  # noqa: E402
 from pipeline.encoders import load_image_encoder  # noqa: E402
 from pipeline.extraction.image_runner import extract_images  # noqa: E402
 from pipeline.extraction.plan import ImageItem  # noqa: E402
@@ -67,9 +67,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=3,
                     help="peak and encoder measured alternately this many times, best of each (the machine is shared)")
+    add_malloc_flag(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_info())
+    print(set_malloc(args))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"
         root.mkdir()

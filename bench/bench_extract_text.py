@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_info  # noqa: E402
+from machine import add_malloc_flag, machine_info, set_malloc  # noqa: E402
 from pipeline.encoders import load_text_encoder  # noqa: E402
 from pipeline.extraction.plan import TextItem  # noqa: E402
 from pipeline.extraction.text_runner import extract_text  # noqa: E402
@@ -58,9 +58,11 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2, help="best of this many runs of each (the machine is shared)")
+    add_malloc_flag(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_info())
+    print(set_malloc(args))
     rng = np.random.default_rng(0)
     enc = load_text_encoder("offline:minilm", max_length=args.max_length, device="cpu")
     texts = mixed_captions(args.captions, rng)

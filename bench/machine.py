@@ -8,6 +8,8 @@ import time
 
 import torch
 
+from pipeline.runtime import keep_freed_memory
+
 
 def machine_info() -> str:
     cpu = platform.processor() or "?"
@@ -38,3 +40,16 @@ def matmul_peak(dtype: torch.dtype, device: str = "cpu", n: int | None = None, s
             torch.cuda.synchronize()
         best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - t0))
     return best
+
+
+def add_malloc_flag(parser) -> None:
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is, to measure what keep_freed_memory buys (the groundedbert "
+                             "command keeps freed memory: pipeline/runtime.py)")
+
+
+def set_malloc(args) -> str:
+    """As the groundedbert command does before any work, unless --default-malloc; says which, for the report."""
+    if args.default_malloc:
+        return "malloc: glibc default (freed memory returned to the kernel)"
+    return "malloc: freed memory kept for reuse" if keep_freed_memory() else "malloc: as it was (not glibc)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import typer
 
+from pipeline.runtime import keep_freed_memory
 from stages import cache_tools, data, downstream, evaluate, extract, train, weights
 
 app = typer.Typer(help="GroundedBERT: frozen-encoder feature cache + grounding module training.",
@@ -20,6 +21,15 @@ app = typer.Typer(help="GroundedBERT: frozen-encoder feature cache + grounding m
 data.app.command("glue-fixtures", help="Small GLUE and SQuAD files in the official formats.")(downstream.fixtures)
 evaluate.app.command("glue", help="GLUE task: a head on h alone vs on h concatenated with f_g(h) (probe or finetune).")(downstream.glue)
 evaluate.app.command("squad", help="SQuAD v1.1/v2.0: start/end heads on h alone vs on h concatenated with f_g(h).")(downstream.squad)
+
+
+
+@app.callback()
+def _every_command() -> None:
+    # Before any command: tensors freed by one batch are reused by the next without page faults
+    # (pipeline/runtime.py says why: eager image extraction 1.3x faster on a CPU).
+    keep_freed_memory()
+
 
 app.add_typer(data.app, name="data", help="Datasets: synthesise the embedded default, write task fixtures.")
 app.add_typer(weights.app, name="weights", help="Offline encoder weights.")
