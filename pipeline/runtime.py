@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import random
 import sys
@@ -57,18 +56,22 @@ def keep_freed_memory() -> bool:
 
     Why: by default each allocation above the mmap threshold (128 KiB, adapting up to 32 MiB) is mapped
     fresh and unmapped on free, so every large activation tensor of every forward pass is paid for again in
-    page faults, the kernel zeroing each 4 KiB page on first touch. Measured on this 2-core VM (README,
-    "Memory reuse"): the eager float32 ViT-S/14 at batch 32 took ~15 000 minor faults per image, and with
-    this none once the heap has grown to fit a batch, extracting 1.3x faster; a 30-second training benchmark
-    took 1.4 million faults, then 0.29 million (steps 3 % faster). The price: the process's resident memory stays near its peak until it exits (training's peak
-    RSS 1.61 -> 1.86 GB), which suits a batch job. PyTorch's CPU allocator goes through malloc, so this
-    covers it. Returns False where it does not apply (not glibc), leaving the allocator as it was.
+    page faults, the kernel zeroing each 4 KiB page on first touch. Kept, a process settles within a few
+    batches into a heap that fits every temporary and stops faulting: eager float32 image extraction ran
+    1.3x faster on the 2-core CPU (README, "Memory reuse", for every number). The price: resident memory
+    stays near its peak until the process exits, and that peak grows a little (heap holes are never given
+    back), which suits a batch job. PyTorch's CPU allocator goes through malloc, so this covers it. The
+    setting is per process: forked DataLoader workers inherit it, spawned processes do not.
+    Returns False where it does not apply (not Linux glibc, or another malloc preloaded), changing nothing.
     """
     if not sys.platform.startswith("linux"):
         return False
+    if any(name in os.environ.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc")):
+        return False  # glibc's mallopt would succeed on an allocator nobody uses
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other libcs
         return False
-    # Never trim the heap's free top (up to 2 GiB), and serve every allocation from the heap, never a fresh mapping.
+    # Never trim the heap's free top below 2 GiB (mallopt takes an int), and serve every allocation from the
+    # heap, never from a mapping of its own.
     return bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)) and bool(mallopt(M_MMAP_MAX, 0))

@@ -23,7 +23,6 @@ evaluate.app.command("glue", help="GLUE task: a head on h alone vs on h concaten
 evaluate.app.command("squad", help="SQuAD v1.1/v2.0: start/end heads on h alone vs on h concatenated with f_g(h).")(downstream.squad)
 
 
-
 @app.callback()
 def _every_command() -> None:
     # Before any command: tensors freed by one batch are reused by the next without page faults

@@ -21,6 +21,7 @@ from pipeline.config import resolve
 from pipeline.errors import BadItems, ConfigError
 from pipeline.extraction import distributed
 from pipeline.extraction.plan import cheap_part, make_fingerprint, parse_shards, split_digest
+from pipeline.runtime import keep_freed_memory
 from stages._common import ConfigOpt, SetOpt, friendly_errors
 
 STORAGE_DTYPES = ("float16", "float32")  # what HDF5 and numpy both store natively
@@ -61,6 +62,7 @@ def extract(
 ) -> None:
     from pipeline.data import load_split
 
+    keep_freed_memory()  # also under torchrun, which enters through this module, not the groundedbert callback
     cfg = resolve(config, set or [])["extract"]
     given = dict(on_error=on_error, text_model=text_model, image_model=image_model, text_layer=layer,
                  max_length=max_length, image_size=image_size, compute_dtype=compute_dtype,
