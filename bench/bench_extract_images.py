@@ -2,7 +2,7 @@
 measured matrix-product peak it reaches (FLOPs per image from the encoder's own count).
 
     HF_HUB_OFFLINE=1 python bench/bench_extract_images.py [--images 128] [--batch-size 32] [--threads 2] \
-        [--dtypes float32,bfloat16] [--modes autocast,eager,compiled]
+        [--dtypes float32,bfloat16] [--modes autocast,eager,compiled] [--image-model M] [--device cuda]
 
 Two numbers per precision and mode: the encoder alone on ready tensors (what the matmuls reach), and the
 whole extraction (PNG decoding + encoder + HDF5 writes) through `extract_images`, decoding as
@@ -10,6 +10,7 @@ whole extraction (PNG decoding + encoder + HDF5 writes) through `extract_images`
 Modes: eager and compiled are `extract.image_compile` false / true (a reduced precision casting the
 weights, `extract.image_cast_weights`); autocast is the eager path with float32 weights under autocast
 (`image_cast_weights: false`; float32 skips it, being the same as eager). Load + compile is timed apart.
+bench/gpu_check.sh runs it on a GPU.
 Not a test: the machine is shared, so the load average is printed beside the numbers.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pipeline.encoders import load_image_encoder  # noqa: E402
 from pipeline.extraction.image_runner import extract_images  # noqa: E402
 from pipeline.extraction.plan import ImageItem  # noqa: E402
 from pipeline.runtime import torch_dtype  # noqa: E402
+from stages.extract import decode_workers  # noqa: E402
 
 
 def make_images(folder: Path, n: int) -> list[ImageItem]:
@@ -46,7 +48,7 @@ def make_images(folder: Path, n: int) -> list[ImageItem]:
 
 
 def encoder_only(encoder, batch_size: int, batches: int) -> float:
-    pixels = torch.randn(batch_size, 3, encoder.image_size, encoder.image_size)
+    pixels = torch.randn(batch_size, 3, encoder.image_size, encoder.image_size, device=encoder.device)
     encoder.encode(pixels)  # warm-up
     t0 = time.perf_counter()
     for _ in range(batches):
@@ -61,7 +63,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=128, help="end to end: 4 batches, so start-up weighs little")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--num-workers", type=int, default=0, help="as extract.num_workers")
+    ap.add_argument("--num-workers", default="0", help="as extract.num_workers: auto, 0 or N")
+    ap.add_argument("--image-model", default="offline:dinov2-vits14",
+                    help="as extract.image_model; random:vit_small_patch14_dinov2 has the same shape and speed "
+                         "without the offline weights (a GPU machine without them)")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--modes", default="eager,compiled", help="any of autocast, eager, compiled")
     ap.add_argument("--device", default="cpu")
@@ -80,7 +85,7 @@ def main() -> None:
             if mode == "autocast" and name == "float32":
                 continue
             t0 = time.perf_counter()
-            enc = load_image_encoder("offline:dinov2-vits14", image_size=224, device=args.device, compute_dtype=name,
+            enc = load_image_encoder(args.image_model, image_size=224, device=args.device, compute_dtype=name,
                                      cast_weights=mode != "autocast", compile=mode == "compiled",
                                      batch_size=args.batch_size)
             load_s = time.perf_counter() - t0
@@ -94,7 +99,7 @@ def main() -> None:
                 alone = max(alone, encoder_only(enc, args.batch_size, 1))
             out = Path(tmp) / f"cache-{name}-{mode}"
             t = extract_images(items, enc, root, out, shard_size=len(items), batch_size=args.batch_size,
-                               num_workers=args.num_workers, progress=False)
+                               num_workers=decode_workers(args.num_workers, enc.device), progress=False)
             e2e = t["items"] / t["wall_s"]
             print(f"{name} {mode} (load{' + compile' if enc.compiled else ''} {load_s:.1f} s; "
                   f"load average {os.getloadavg()[0]:.2f}): matmul peak {peak / 1e9:.0f} GFLOP/s; {flops / 1e9:.2f} GFLOP/image; "
