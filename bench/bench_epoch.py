@@ -54,11 +54,12 @@ class SolverClock:
             self.seconds += time.perf_counter() - t
 
 
-def timed_step(model, optimizer, batch, cfg, generator, clock: SolverClock) -> dict:
+def timed_step(model, optimizer, batch, cfg, generator, clock: SolverClock, class_token: bool) -> dict:
     """One training step exactly as engine.train_one_epoch runs it, with a clock around each part."""
     t0 = time.perf_counter()
     clock.seconds = 0.0
-    out = forward_losses(model, batch, cfg, generator, contextlib.nullcontext(), with_ot=cfg["lambda_ot"] > 0)
+    out = forward_losses(model, batch, cfg, generator, contextlib.nullcontext(), with_ot=cfg["lambda_ot"] > 0,
+                         class_token=class_token)
     t1 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
@@ -82,11 +83,11 @@ def profile_from_cache(reader, cfg, steps: int, solver: str, clock: SolverClock,
     for index, batch in enumerate(epoch_loader(reader, cfg["batch_size"], seed=[0, 0])):
         batch = to_device(batch, torch.device("cpu"))
         if index < warmup:
-            timed_step(model, optimizer, batch, cfg, generator, clock)
+            timed_step(model, optimizer, batch, cfg, generator, clock, reader.class_token)
             start = tick = time.perf_counter()
             continue
         totals["data"] += time.perf_counter() - tick
-        for k, v in timed_step(model, optimizer, batch, cfg, generator, clock).items():
+        for k, v in timed_step(model, optimizer, batch, cfg, generator, clock, reader.class_token).items():
             totals[k] = totals.get(k, 0.0) + v
         n, items = n + 1, items + batch["h"].shape[0]
         tick = time.perf_counter()
@@ -132,7 +133,7 @@ def encoders_per_batch(reader, cfg, ex, records, images_root: Path, steps: int, 
         slot = torch.tensor([image_ids.index(r.image_id) for r in recs])
         enc_time += time.perf_counter() - t
         batch = {"h": h, "patches": patches, "prefix": prefix, "image_slot": slot, "content_mask": content}
-        timed_step(model, optimizer, batch, cfg, generator, clock)
+        timed_step(model, optimizer, batch, cfg, generator, clock, image.class_token)
         n, items = n + 1, items + len(captions)
         if n >= steps:
             break

@@ -26,7 +26,8 @@ Image shard datasets (N images, m patches, P prefix tokens):
     image_ids   (N,)      bytes (utf-8)
     sizes       (N, 2)    int32           original (width, height) in pixels, before preprocessing
   attrs: grid_h, grid_w (patch grid), num_prefix_tokens; skipped (JSON list of the shard's images left
-         out under --on-error skip: file, item, image_id, reason).
+         out under --on-error skip: file, item, image_id, reason); class_token = 0 only when the prefix
+         holds registers but no class token (absent, as in every older cache: CLS first when P > 0).
 
 Every shard is written to a temporary file in the same folder and renamed into place (`atomic_h5`):
 a shard under its final name is complete. Bytes are deterministic (no timestamps, fixed chunking), so
@@ -191,6 +192,14 @@ class ImageSplit:
     sizes: np.ndarray        # (N, 2)
     grid: tuple[int, int]
     num_prefix_tokens: int
+    class_token: bool        # prefix[:, 0] is a class token (else p_0 is the patch mean)
+
+
+def prefix_has_class_token(attrs) -> bool:
+    """Whether an image shard's first prefix token is a class token, from its attributes. The attribute is
+    written only when it is not (registers alone), so a shard without it, old or new, keeps the original
+    meaning: CLS first whenever there are prefix tokens."""
+    return int(attrs.get("num_prefix_tokens", 0)) > 0 and bool(attrs.get("class_token", 1))
 
 
 def open_manifest(split_dir: Path) -> dict:
@@ -257,6 +266,7 @@ def load_images(split_dir: Path) -> ImageSplit:
         sizes=np.concatenate([p["sizes"] for p in parts]),
         grid=(int(a["grid_h"]), int(a["grid_w"])),
         num_prefix_tokens=int(a["num_prefix_tokens"]),
+        class_token=prefix_has_class_token(a),
     )
 
 
@@ -286,8 +296,9 @@ def write_text_shard(path: Path, *, states: list[np.ndarray], token_ids: list[np
 
 def write_image_shard(path: Path, *, patches: np.ndarray, prefix: np.ndarray, image_ids: list[str],
                       sizes: np.ndarray, grid: tuple[int, int], num_prefix_tokens: int,
-                      storage_dtype: str, attrs: dict | None = None) -> None:
-    """Write one image shard atomically; one chunk per image so readers can gather rows cheaply."""
+                      storage_dtype: str, attrs: dict | None = None, class_token: bool = True) -> None:
+    """Write one image shard atomically; one chunk per image so readers can gather rows cheaply.
+    `class_token`: whether prefix token 0 is a class token (ignored without prefix tokens)."""
     with atomic_h5(path) as f:
         put(f, "patches", np.asarray(patches).astype(storage_dtype), chunk_rows=1)
         put(f, "prefix", np.asarray(prefix).astype(storage_dtype), chunk_rows=1)
@@ -295,5 +306,7 @@ def write_image_shard(path: Path, *, patches: np.ndarray, prefix: np.ndarray, im
         put(f, "sizes", np.asarray(sizes, dtype=np.int32))
         f.attrs["grid_h"], f.attrs["grid_w"] = int(grid[0]), int(grid[1])
         f.attrs["num_prefix_tokens"] = int(num_prefix_tokens)
+        if num_prefix_tokens > 0 and not class_token:  # only then: CLS-first shards keep their bytes
+            f.attrs["class_token"] = 0
         for k, v in (attrs or {}).items():
             f.attrs[k] = v

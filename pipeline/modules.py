@@ -53,9 +53,11 @@ class GroundingModel(nn.Module):
         self.f_c = Matcher(d_t + d_g, d_g, hidden)
 
     @staticmethod
-    def global_token(prefix: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """p_0: the ViT's CLS token (first prefix token), or the patch mean when the cache has none (P = 0)."""
-        return prefix[:, 0] if prefix.shape[1] > 0 else patches.mean(dim=1)
+    def global_token(prefix: torch.Tensor, patches: torch.Tensor, *, class_token: bool) -> torch.Tensor:
+        """p_0: the ViT's CLS token (first prefix token), or the patch mean when the cache has none: a CNN
+        (P = 0), or a ViT whose prefix holds registers alone. `class_token` is the reader's: the cache's word
+        on what prefix token 0 is, which its shape cannot tell (required, so no caller guesses)."""
+        return prefix[:, 0] if class_token and prefix.shape[1] > 0 else patches.mean(dim=1)
 
     def text_global(self, h0: torch.Tensor) -> torch.Tensor:
         """t_0 = [h_0 ; f_g(h_0)], the [CLS] token's visual-textual embedding."""

@@ -55,7 +55,8 @@ def info(dir: DirArg) -> None:
                                f"{r['truncated']} truncated")
                 else:
                     grid = "x".join(str(g) for g in r.get("grid") or [])
-                    typer.echo(f"    {r['items']} images, grid {grid} ({r.get('prefix_tokens')} prefix tokens), "
+                    cls = "" if r.get("class_token", True) else ", no class token"
+                    typer.echo(f"    {r['items']} images, grid {grid} ({r.get('prefix_tokens')} prefix tokens{cls}), "
                                f"dim {r['dim']}, {r['skipped']} skipped")
         if "report" in i:
             rep = i["report"]

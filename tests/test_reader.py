@@ -108,8 +108,8 @@ def test_open_handles_never_travel_to_a_worker(split):
 
 def test_global_image_token_is_cls_or_patch_mean():
     patches, prefix = torch.randn(2, 5, 3), torch.randn(2, 2, 3)
-    assert torch.equal(GroundingModel.global_token(prefix, patches), prefix[:, 0])
-    assert torch.allclose(GroundingModel.global_token(prefix[:, :0], patches), patches.mean(1))
+    assert torch.equal(GroundingModel.global_token(prefix, patches, class_token=True), prefix[:, 0])
+    assert torch.allclose(GroundingModel.global_token(prefix[:, :0], patches, class_token=False), patches.mean(1))
 
 
 # ----------------------------------------------------------------------------- bad caches

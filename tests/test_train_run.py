@@ -122,7 +122,8 @@ def test_loss_decreases_on_learnable_data(cache, reference):
 def test_step_losses_follow_the_knobs(cache):
     from pipeline.training.reader import SplitReader, epoch_loader
 
-    batch = next(iter(epoch_loader(SplitReader(cache / "train"), 8, seed=None)))
+    reader = SplitReader(cache / "train")
+    batch = next(iter(epoch_loader(reader, 8, seed=None)))
     batch = engine.to_device(batch, torch.device("cpu"))
     model = GroundingModel(16, 12, 8, 16)
     base = resolve(None, TINY_TRAIN)["train"]
@@ -130,7 +131,7 @@ def test_step_losses_follow_the_knobs(cache):
     def losses(**changes):
         cfg = {**base, **changes}
         return engine.forward_losses(model, batch, cfg, torch.Generator().manual_seed(0), engine.amp_context(
-            torch.device("cpu"), "auto"), with_ot=cfg["lambda_ot"] > 0)
+            torch.device("cpu"), "auto"), with_ot=cfg["lambda_ot"] > 0, class_token=reader.class_token)
 
     full = losses(lambda_ot=0.5, ot_hinge_weight=2.0)
     want = full["match"] + 0.5 * (full["ot"] + 2.0 * full["ot_hinge"])

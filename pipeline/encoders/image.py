@@ -10,6 +10,9 @@ Names:
 ViTs: tokens of `forward_features` (final norm applied), split at `num_prefix_tokens` into prefix
 (CLS first, then registers) and patches (row-major over the grid). CNNs: the last feature map
 (B, C, H, W) flattened to H*W patches, no prefix (stage two uses the patch mean as the global vector).
+A ViT with registers but no class token (timm's `class_token=False`, e.g. vit_base_patch16_reg4_gap_256)
+has only registers in its prefix: `class_token` is False, the cache says so, and stage two uses the
+patch mean there too, since a register is no summary of the image.
 
 Speed (see compiled.py and the README's measurements): with `cast_weights` a reduced compute_dtype runs
 the model with its weights in that dtype (no per-op casts, bf16 kernels throughout) instead of autocast;
@@ -91,6 +94,15 @@ def _build(name: str, image_size: int) -> tuple[torch.nn.Module, dict]:
     return _create(name, name, image_size, True, {}), {}
 
 
+def has_class_token(model: torch.nn.Module) -> bool:
+    """Whether the model's first prefix token is a class token. timm's VisionTransformer family says so in
+    `has_class_token`; the others (Eva, DeiT, CaiT, XCiT...) keep `cls_token` None without one."""
+    flag = getattr(model, "has_class_token", None)
+    if flag is not None:
+        return bool(flag)
+    return getattr(model, "cls_token", None) is not None
+
+
 class ImageEncoder:
     def __init__(self, name: str, model: torch.nn.Module, *, image_size: int, device, compute_dtype: str,
                  extra_fingerprint: dict | None = None, cast_weights: bool = False, compile: bool = False,
@@ -121,11 +133,13 @@ class ImageEncoder:
             feats = self._features(torch.zeros(1, 3, self.image_size, self.image_size, device=device))
         except (RuntimeError, AssertionError, ValueError) as e:
             raise ConfigError(f"image model {name!r} cannot run at image_size {image_size}: {e}") from None
+        self.class_token = False  # whether prefix token 0 is a class token; set below for token models
         if feats.ndim == 4:
             self.num_prefix_tokens, self.dim = 0, int(feats.shape[1])
             self.grid = (int(feats.shape[2]), int(feats.shape[3]))
         elif feats.ndim == 3:
             self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+            self.class_token = self.num_prefix_tokens > 0 and has_class_token(model)
             self.dim = int(feats.shape[2])
             m = int(feats.shape[1]) - self.num_prefix_tokens
             grid = tuple(getattr(getattr(model, "patch_embed", None), "grid_size", None) or ())
@@ -193,6 +207,10 @@ class ImageEncoder:
             fp["weights_dtype"] = self.compute_dtype
         if self.compiled:
             fp["compiled"] = COMPILED
+        # Prefix tokens without a class token read differently in stage two (patch mean, not prefix[:, 0]);
+        # recorded only then, so every cache whose prefix starts with a CLS token keeps its fingerprint.
+        if self.num_prefix_tokens > 0 and not self.class_token:
+            fp["class_token"] = False
         return fp
 
     def flops_per_image(self) -> float:

@@ -34,7 +34,7 @@ def plans_and_collapse(model, reader: SplitReader, cfg: dict, batch_size: int, d
     for batch in epoch_loader(reader, batch_size, seed=None):
         batch = to_device(batch, device)
         content, slot = batch["content_mask"], batch["image_slot"]
-        p0 = model.global_token(batch["prefix"], batch["patches"])
+        p0 = model.global_token(batch["prefix"], batch["patches"], class_token=reader.class_token)
         g, v, _, _ = model(batch["h"], batch["patches"], p0)
         c = mean_pairwise_cosine(g[content])
         if torch.isfinite(c):

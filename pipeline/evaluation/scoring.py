@@ -28,7 +28,7 @@ def encode_split(model, reader, block: int, device) -> tuple[torch.Tensor, torch
         patches, prefix = reader.image_rows(np.arange(start, min(start + block, reader.num_images)))
         patches = torch.from_numpy(patches).to(device).float()
         prefix = torch.from_numpy(prefix).to(device).float()
-        vbar.append(model.f_v(model.global_token(prefix, patches)))
+        vbar.append(model.f_v(model.global_token(prefix, patches, class_token=reader.class_token)))
     # Text shards hold captions in caption-id order, as the reader's caption indices do.
     return torch.cat(t0), torch.cat(vbar), reader.caption_image
 

@@ -38,6 +38,8 @@ def describe_shard(split_dir: Path, modality: str, entry: dict) -> dict:
             out.update(count=int(f["image_ids"].shape[0]), skipped=len(skipped),
                        patches=int(f["patches"].shape[1]), prefix=int(f["prefix"].shape[1]),
                        dim=int(f["patches"].shape[2]), grid=[int(f.attrs["grid_h"]), int(f.attrs["grid_w"])])
+            if "class_token" in f.attrs:  # registers alone; absent otherwise, so older manifests keep their bytes
+                out["class_token"] = False
     return out
 
 

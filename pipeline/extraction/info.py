@@ -42,6 +42,8 @@ def cache_info(split_dir: Path) -> dict:
                 row["dim"] = entries[0].get("dim")
                 if m == "image":
                     row.update(grid=entries[0].get("grid"), prefix_tokens=entries[0].get("prefix"))
+                    if entries[0].get("prefix"):  # what stage two takes as p_0
+                        row["class_token"] = entries[0].get("class_token", True)
         info["modalities"][m] = row
     if (split_dir / REPORT).exists():
         report = read_json(split_dir / REPORT)

@@ -1,7 +1,8 @@
 """`verify_cache(split_dir)`: everything that can be checked about a split's cache, as a list of problems.
 
 Checked: the manifest is there; every shard it lists exists and has the sha256 it records; datasets,
-shapes and counts agree with each other and with the manifest; offsets start at 0, never decrease and
+shapes and counts agree with each other and with the manifest; every image shard reads its prefix the
+way the encoder's fingerprint says (class token first or not); offsets start at 0, never decrease and
 end at the token count; every value is finite; caption ids are unique and in order; the image of
 every caption is in the image shards. An empty list means the cache is sound.
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.cache_format import MANIFEST, decode_ids, file_sha256, open_manifest
+from pipeline.cache_format import MANIFEST, decode_ids, file_sha256, open_manifest, prefix_has_class_token
 from pipeline.errors import CacheError
 
 TEXT_SETS = ("states", "offsets", "token_ids", "char_spans", "caption_ids", "image_ids", "truncated")
@@ -27,6 +28,9 @@ def verify_cache(split_dir: Path) -> list[str]:
     except CacheError as e:
         return [str(e)]
     problems: list[str] = []
+    # The encoder's fingerprint records `class_token: false` only for a prefix of registers alone.
+    encoder = manifest.get("fingerprint", {}).get("image", {}).get("encoder", {})
+    class_token = encoder.get("class_token", True)
     caption_images, image_ids = set(), set()
     last_caption = None
     listed = set()
@@ -50,7 +54,7 @@ def verify_cache(split_dir: Path) -> list[str]:
                             last_caption = c
                         caption_images.update(i for i in images if i)
                     else:
-                        image_ids.update(_check_image(f, entry, path, problems))
+                        image_ids.update(_check_image(f, entry, path, problems, class_token))
             except (OSError, KeyError, ValueError) as e:
                 problems.append(f"file {path}: cannot be read as a shard ({e})")
     for modality in ("text", "image"):
@@ -87,7 +91,7 @@ def _check_text(f, entry: dict, path: Path, problems: list[str]) -> tuple[list[s
     return decode_ids(f["caption_ids"][()]), decode_ids(f["image_ids"][()])
 
 
-def _check_image(f, entry: dict, path: Path, problems: list[str]) -> list[str]:
+def _check_image(f, entry: dict, path: Path, problems: list[str], class_token: bool = True) -> list[str]:
     missing = [n for n in IMAGE_SETS if n not in f]
     if missing:
         problems.append(f"file {path}: datasets missing: {missing}")
@@ -98,6 +102,12 @@ def _check_image(f, entry: dict, path: Path, problems: list[str]) -> list[str]:
         problems.append(f"file {path}: {m} patches per image but the grid is {grid}")
     if f["prefix"].shape[:1] != (n,) or f["prefix"].shape[1] != int(f.attrs.get("num_prefix_tokens", -1)):
         problems.append(f"file {path}: prefix has shape {f['prefix'].shape}, inconsistent with {n} images")
+    if "class_token" in f.attrs and (int(f.attrs["class_token"]) != 0 or f["prefix"].shape[1] == 0):
+        problems.append(f"file {path}: class_token attribute {f.attrs['class_token']!r} is written only as 0, "
+                        f"for prefix tokens without a class token")
+    elif f["prefix"].shape[1] > 0 and prefix_has_class_token(f.attrs) != bool(class_token):
+        problems.append(f"file {path}: prefix token 0 {'is' if prefix_has_class_token(f.attrs) else 'is not'} "
+                        f"a class token here, but the manifest's image encoder says the opposite")
     if f["image_ids"].shape != (n,) or f["sizes"].shape != (n, 2):
         problems.append(f"file {path}: image_ids/sizes do not have one row per image ({n})")
     if "count" in entry and entry["count"] != n:

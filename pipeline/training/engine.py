@@ -36,11 +36,13 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return out
 
 
-def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, amp, with_ot: bool) -> dict:
-    """The losses of one batch (already on the device), as 0-dim tensors."""
+def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, amp, with_ot: bool, *,
+                   class_token: bool) -> dict:
+    """The losses of one batch (already on the device), as 0-dim tensors. `class_token`: the reader's
+    (is prefix token 0 a class token?), required so that no caller guesses."""
     slot, content = batch["image_slot"], batch["content_mask"]
     with amp:
-        p0 = model.global_token(batch["prefix"], batch["patches"])
+        p0 = model.global_token(batch["prefix"], batch["patches"], class_token=class_token)
         g, v, t0, vbar = model(batch["h"], batch["patches"], p0)
         pos = model.f_c(t0, vbar[slot])
         valid = slot[:, None] != torch.arange(vbar.shape[0], device=slot.device)[None, :]
@@ -76,7 +78,7 @@ def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, am
 
 
 def train_one_epoch(model, loader, optimizer, cfg: dict, device, state: dict, generator, live=None,
-                    total_captions: int | None = None) -> dict:
+                    total_captions: int | None = None, *, class_token: bool) -> dict:
     """Run one epoch; `state` carries step and total_steps across epochs. Returns epoch means and the
     fraction of the epoch's wall time spent waiting for data."""
     model.train()
@@ -91,7 +93,7 @@ def train_one_epoch(model, loader, optimizer, cfg: dict, device, state: dict, ge
         batch = to_device(batch, device)
         lr = learning_rate(state["step"], state["total_steps"], cfg["lr"], cfg["warmup_steps"])
         set_learning_rate(optimizer, lr)
-        losses = forward_losses(model, batch, cfg, generator, amp, with_ot)
+        losses = forward_losses(model, batch, cfg, generator, amp, with_ot, class_token=class_token)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             raise TrainingError(_nan_message(state, losses))
@@ -124,7 +126,7 @@ def train_one_epoch(model, loader, optimizer, cfg: dict, device, state: dict, ge
 
 
 @torch.no_grad()
-def evaluate_loss(model, loader, cfg: dict, device, seed: int) -> dict:
+def evaluate_loss(model, loader, cfg: dict, device, seed: int, *, class_token: bool) -> dict:
     """Mean losses over a split, OT included even when lambda = 0 (to compare alignment across runs).
     Negatives come from a generator seeded the same every time, so epochs compare like with like."""
     model.eval()
@@ -133,7 +135,7 @@ def evaluate_loss(model, loader, cfg: dict, device, seed: int) -> dict:
     sums, items = {}, 0
     for batch in loader:
         batch = to_device(batch, device)
-        losses = forward_losses(model, batch, cfg, generator, amp, with_ot=True)
+        losses = forward_losses(model, batch, cfg, generator, amp, with_ot=True, class_token=class_token)
         b = batch["h"].shape[0]
         items += b
         for k, v in losses.items():

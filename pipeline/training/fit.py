@@ -94,9 +94,10 @@ def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log) -> di
             loader = epoch_loader(train_reader, cfg["batch_size"], seed=[cfg["seed"], state["epoch"]],
                                   num_workers=cfg["num_workers"])
             train_stats = train_one_epoch(model, loader, optimizer, cfg, device, state, generator, live,
-                                          total_captions=train_reader.num_captions)
+                                          total_captions=train_reader.num_captions,
+                                          class_token=train_reader.class_token)
             val_stats = evaluate_loss(model, epoch_loader(val_reader, cfg["batch_size"], seed=None), cfg, device,
-                                      seed=cfg["seed"])
+                                      seed=cfg["seed"], class_token=val_reader.class_token)
             if not math.isfinite(val_stats["loss"]):
                 raise TrainingError(f"epoch {state['epoch'] + 1}: the validation loss is not finite ({val_stats}); "
                                     f"training stopped. The last good checkpoint is kept at {state['last_checkpoint']}.")

@@ -9,6 +9,8 @@ split is a list of text "shards" (one in memory, or the files) and of image shar
 Captions join their image by row index, and a batch holds each of its unique images once, however
 many of its captions share it. Token states are padded per batch to the batch's longest caption.
 h5py handles do not survive fork, so files are opened on first use in each process (DataLoader worker).
+`class_token` says whether each image's prefix starts with a class token, which stage two takes as p_0
+(a split-wide property of the encoder, read once from the shards, not carried by every batch).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.cache_format import (_read_shard, decode_ids, load_images, load_text, open_manifest,
-                                   shard_files)
+                                   prefix_has_class_token, shard_files)
 from pipeline.errors import CacheError
 
 TEXT_META = ("offsets", "caption_ids", "image_ids")
@@ -76,6 +78,7 @@ class SplitReader:
             raise CacheError(f"file {self.split_dir}: the text shards' offsets disagree with their captions")
         self.patches, self.prefix = images.patches, images.prefix
         self.image_ids, self.sizes, self.grid = images.image_ids, images.sizes, images.grid
+        self.class_token = images.class_token
 
     def _load_metadata(self) -> None:
         self.caption_ids, self.caption_image_ids, shard_of, local = [], [], [], []
@@ -97,6 +100,7 @@ class SplitReader:
             sizes.append(meta["sizes"])
             counts.append(len(meta["sizes"]))
             self.grid = (int(meta["attrs"]["grid_h"]), int(meta["attrs"]["grid_w"]))
+            self.class_token = prefix_has_class_token(meta["attrs"])
         self.sizes = np.concatenate(sizes)
         starts = np.concatenate([[0], np.cumsum(counts)])
         self.image_shard = np.searchsorted(starts, np.arange(starts[-1]), side="right") - 1
