@@ -207,9 +207,9 @@ class SplitReader:
                 "prefix": torch.from_numpy(np.ascontiguousarray(prefix)),
                 "image_index": torch.from_numpy(rows.astype(np.int64))}
 
-    def iter_batches(self, plan: list[np.ndarray], worker: int = 0, workers: int = 1):
+    def iter_batches(self, plan: list[np.ndarray], worker: int = 0, workers: int = 1, with_index: bool = False):
         """Yield the batches of `plan` that belong to this worker (whole text shards per worker, so no
-        two workers read the same shard), reading each shard once."""
+        two workers read the same shard), reading each shard once; with_index: (plan index, batch) pairs."""
         current, shard = None, None
         for i, captions in enumerate(plan):
             s = int(self.caption_shard[captions[0]])
@@ -217,11 +217,12 @@ class SplitReader:
                 continue
             if s != current:
                 current, shard = s, self.text_shard(s)
-            yield self.make_batch(captions, shard)
+            batch = self.make_batch(captions, shard)
+            yield (i, batch) if with_index else batch
 
 
 class EpochBatches(IterableDataset):
-    """The batches of one epoch, split across DataLoader workers."""
+    """The batches of one epoch, split across DataLoader workers, each tagged with its place in the plan."""
 
     def __init__(self, reader: SplitReader, plan: list[np.ndarray]):
         self.reader, self.plan = reader, plan
@@ -229,7 +230,20 @@ class EpochBatches(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self.reader.iter_batches(self.plan, worker, workers)
+        return self.reader.iter_batches(self.plan, worker, workers, with_index=True)
+
+
+def in_plan_order(tagged):
+    """(plan index, batch) pairs in any order -> the batches in plan order. Workers own whole shards, so the
+    DataLoader's round robin over them interleaves shards; reordering here keeps an epoch's batch order, and
+    so what a run learns, independent of train.num_workers. Holds at most the batches that arrive early:
+    about a shard's worth per extra worker."""
+    waiting, want = {}, 0
+    for index, batch in tagged:
+        waiting[index] = batch
+        while want in waiting:
+            yield waiting.pop(want)
+            want += 1
 
     def __len__(self):
         return len(self.plan)
@@ -262,7 +276,7 @@ def epoch_loader(reader: SplitReader, batch_size: int, seed: int | None, num_wor
     """An iterable of batch dicts for one epoch (seed None: stored order). Streaming splits prefetch."""
     plan = reader.plan(batch_size, seed)
     if num_workers > 0:
-        return DataLoader(EpochBatches(reader, plan), batch_size=None, num_workers=num_workers,
-                          prefetch_factor=2, persistent_workers=False)
+        return in_plan_order(DataLoader(EpochBatches(reader, plan), batch_size=None, num_workers=num_workers,
+                                        prefetch_factor=2, persistent_workers=False))
     batches = reader.iter_batches(plan)
     return batches if reader.in_memory else prefetch(batches)
