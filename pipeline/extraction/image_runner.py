@@ -142,4 +142,5 @@ def _write(split_dir: Path, shard: int, acc: dict, encoder, storage_dtype: str) 
     sizes = np.asarray(acc["sizes"], dtype=np.int32).reshape(-1, 2)
     write_image_shard(shard_path(split_dir, "image", shard), patches=patches, prefix=prefix, image_ids=acc["ids"],
                       sizes=sizes, grid=encoder.grid, num_prefix_tokens=encoder.num_prefix_tokens,
-                      class_token=encoder.class_token, storage_dtype=storage_dtype, attrs={"skipped": json.dumps(acc["skipped"], sort_keys=True)})
+                      class_token=encoder.class_token, storage_dtype=storage_dtype,
+                      attrs={"skipped": json.dumps(acc["skipped"], sort_keys=True)})

@@ -232,6 +232,9 @@ class EpochBatches(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         return self.reader.iter_batches(self.plan, worker, workers, with_index=True)
 
+    def __len__(self):
+        return len(self.plan)
+
 
 def in_plan_order(tagged):
     """(plan index, batch) pairs in any order -> the batches in plan order. Workers own whole shards, so the
@@ -244,9 +247,6 @@ def in_plan_order(tagged):
         while want in waiting:
             yield waiting.pop(want)
             want += 1
-
-    def __len__(self):
-        return len(self.plan)
 
 
 def prefetch(iterable, depth: int = 2):
