@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from extract_helpers import extract_args, make_dataset, run_cli, shard_bytes, tiny_text_folder
+from extract_helpers import extract_args, make_dataset, run_cli, shard_bytes
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_text_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

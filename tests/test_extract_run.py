@@ -6,14 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from extract_helpers import extract_args, make_dataset, run_cli, shard_bytes, tiny_text_folder
+from extract_helpers import extract_args, make_dataset, run_cli, shard_bytes
 from pipeline.cache_format import load_images, load_text
 from pipeline.extraction import verify_cache
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_text_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from extract_helpers import extract_args, make_dataset, run_cli, tiny_text_folder
+from extract_helpers import extract_args, make_dataset, run_cli
 from pipeline.cache_format import load_images
 from pipeline.encoders import TINY_IMAGE_MODEL, TINY_IMAGE_SIZE
 from pipeline.extraction import cache_info, verify_cache
@@ -20,11 +20,6 @@ from stages.cache_tools import app as cache_app
 # timm asserts token pooling needs a class token, hence global_pool=avg.
 REGISTERS_ONLY = TINY_IMAGE_MODEL + "&class_token=false&reg_tokens=4&global_pool=avg"
 CLS_AND_REGISTERS = TINY_IMAGE_MODEL + "&class_token=true&reg_tokens=2"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_text_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

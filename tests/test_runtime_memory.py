@@ -49,9 +49,11 @@ def test_freed_tensors_are_reused_without_page_faults():
     kept, faults = _faults("keep")
     assert kept == "True"
     _, default_faults = _faults("default")
-    # 50 MB is 12 300 pages of 4 KiB: the default maps each temporary afresh (a fault a page), kept memory is reused.
+    # 50 MB is 12 300 pages of 4 KiB: the default maps the two temporaries of each of the 5 blocks afresh (a fault
+    # a page, ~123 000), kept memory is reused. Kept is usually 0, but once in a full-suite run the heap took a
+    # late 50 MB step (12 336 faults), so the bound allows one; either mallopt call alone gives 123 000-139 000.
     assert default_faults > 5 * 12_000, default_faults
-    assert faults < 1000, faults
+    assert faults < 2 * 12_300, (faults, default_faults)
 
 
 def test_every_command_runs_with_it(monkeypatch):
