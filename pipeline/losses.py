@@ -3,6 +3,8 @@
 - matching: binary cross-entropy on f_c's logit, each positive with `k` negatives from the batch;
 - alignment: partial optimal transport between a caption's content tokens and its image's patches,
   L_ot = <T*, C> / s with the plan T* solved outside autograd (envelope theorem);
+- local contrast: an in-batch InfoNCE whose caption-image score is token-wise (FILIP), so that each word
+  is asked to be closer to its own image's patches than to other images' patches;
 - collapse: the mean pairwise cosine of the grounded embeddings g within a batch.
 """
 from __future__ import annotations
@@ -62,7 +64,7 @@ def cosine_cost(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def ot_alignment_loss(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, patch_mask: torch.Tensor, *,
                       mass: float, epsilon: float, solver: str = "sinkhorn", max_iter: int = 1000,
-                      tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+                      tol: float = 1e-6, patch_capacity: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Partial-OT alignment of caption-image pairs: g (B, n, d_g) grounded tokens, v (B, m, d_g) projected
     patches of each pair's image; token_mask (B, n) True on content tokens only ([CLS], [SEP] and
     padding carry no mass), patch_mask (B, m).
@@ -74,7 +76,7 @@ def ot_alignment_loss(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor
     with torch.autocast(device_type=g.device.type, enabled=False):
         cost = cosine_cost(g, v)
         plan = solve_plan(cost.detach(), token_mask, patch_mask, mass=mass, epsilon=epsilon, solver=solver,
-                          max_iter=max_iter, tol=tol)
+                          max_iter=max_iter, tol=tol, patch_capacity=patch_capacity)
         return ot_loss(cost, plan, mass), plan
 
 
@@ -86,6 +88,25 @@ def ot_hinge(matched: torch.Tensor, mismatched: torch.Tensor, margin: float) -> 
     margin is only satisfiable if g and v keep the information that tells images apart (METHOD.md's
     collapse knob)."""
     return torch.relu(margin + matched - mismatched).mean()
+
+
+def token_contrastive(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, image_slot: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """FILIP's token-wise InfoNCE, text to image: g (B, n, d) tokens of B captions, v (U, m, d) patches of
+    the batch's U images, token_mask (B, n) the content tokens, image_slot (B,) each caption's image.
+
+    score(b, u) = mean over b's content tokens i of max_j cos(g_bi, v_uj), divided by the temperature;
+    the loss is the cross-entropy of each caption's scores over the batch's images, its own image the
+    target. The OT loss alone only asks a word to be close to *some* patches of its image, which a
+    background patch satisfies as well as the object; this term asks each word's best patch in its own
+    image to beat every other image's best patch, and only the named object differs between images."""
+    gn = F.normalize(g.float(), dim=-1, eps=1e-8)
+    vn = F.normalize(v.float(), dim=-1, eps=1e-8)
+    # (B, U, n): for each caption, image and token, the best patch's cosine.
+    best = torch.einsum("bnd,umd->bunm", gn, vn).amax(dim=-1)
+    weights = token_mask.float() / token_mask.float().sum(dim=1, keepdim=True).clamp_min(1.0)
+    scores = (best * weights[:, None, :]).sum(dim=-1) / temperature
+    return F.cross_entropy(scores, image_slot)
 
 
 # ----------------------------------------------------------------------------- collapse watch

@@ -26,11 +26,22 @@ SOLVERS = {
 
 def solve_plan(cost: torch.Tensor, row_mask: torch.Tensor, col_mask: torch.Tensor, *,
                mass: float | torch.Tensor, epsilon: float, solver: str = "sinkhorn",
-               max_iter: int = 1000, tol: float = 1e-6) -> torch.Tensor:
-    """The (B, n, m) float32 plan on cost's device, detached; padded entries are exactly 0."""
+               max_iter: int = 1000, tol: float = 1e-6, patch_capacity: float = 1.0) -> torch.Tensor:
+    """The (B, n, m) float32 plan on cost's device, detached; padded entries are exactly 0.
+
+    Row marginals are uniform over the unmasked rows (a_i = 1/n). Each column (patch) may take up to
+    patch_capacity / m: 1 is METHOD.md's uniform marginals; above 1 an object covering a few patches can
+    take the mass of every word that names it instead of spilling it onto the background (the README's
+    method notes). Above 1 the total mass stays s (s * min(sum a, sum b) with sum a = 1)."""
     if solver not in SOLVERS:
         raise ConfigError(f"OT solver must be one of {sorted(SOLVERS)}, got {solver!r}")
-    result = SOLVERS[solver](cost.detach(), row_mask, col_mask, mass, epsilon, max_iter=max_iter, tol=tol)
+    if not patch_capacity > 0:
+        raise ConfigError(f"patch capacity must be positive, got {patch_capacity}")
+    b = None
+    if patch_capacity != 1.0:   # None keeps the solvers' own uniform default: today's problem bit for bit
+        cols = col_mask.to(torch.float64)
+        b = patch_capacity * cols / cols.sum(dim=1, keepdim=True).clamp_min(1.0)
+    result = SOLVERS[solver](cost.detach(), row_mask, col_mask, mass, epsilon, b=b, max_iter=max_iter, tol=tol)
     return result.plan.to(device=cost.device, dtype=torch.float32)
 
 

@@ -1,9 +1,10 @@
-"""What every entry point shares: friendly errors and the layered configuration options."""
+"""What every entry point shares: friendly errors, the layered configuration options, and what runs before
+every command, whether entered through `groundedbert` or as `python -m stages.<name>`."""
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -23,3 +24,32 @@ def friendly_errors(fn):
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
     return wrapper
+
+
+def before_every_command() -> None:
+    """What every command does first, entered as `groundedbert ...` (the callback in stages/cli.py) or as
+    `python -m stages.<name> ...` (run_module): keep freed memory for reuse (pipeline/runtime.py says why).
+    Imported here, not at the top, so that importing a stage module stays light."""
+    from pipeline.runtime import keep_freed_memory
+
+    keep_freed_memory()
+
+
+def run_module(entry: typer.Typer | Callable[..., object], *, commands: bool = False) -> None:
+    """The `__main__` of every stages/<name>.py: `python -m stages.<name> ...` runs that module's commands as
+    `groundedbert` runs them (before_every_command() first, the same names and options). dvc.yaml's stages
+    use these entries, so each imports, and depends on, only its own code; stages/cli.py imports them all.
+
+    entry: the module's Typer app, or one command function (`python -m stages.train --cache ...`).
+    commands: keep the subcommand name of an app holding a single command (`python -m stages.evaluate
+    grounding ...`, as `groundedbert evaluate grounding`), which Typer would otherwise run bare.
+    """
+    if not isinstance(entry, typer.Typer):
+        command, entry = entry, typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        entry.command()(command)
+    if commands:
+        group = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+        group.add_typer(entry)  # no name: its commands join the group as they are
+        entry = group
+    before_every_command()
+    entry()

@@ -80,3 +80,9 @@ def verify(dir: DirArg) -> None:
             typer.echo(f"OK {split_dir}: every shard matches the manifest (checksums, shapes, counts, finite values)")
     if bad:
         raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":
+    from stages._common import run_module
+
+    run_module(app)

@@ -7,13 +7,18 @@
     groundedbert cache info|verify DIR          inspect / check a cache
     groundedbert train ...                      stage two: train the MLPs from the cache
     groundedbert evaluate grounding|glue|squad  measure a trained run
+    groundedbert plots template PATH            the offline HTML template of `dvc plots show`
+
+Each stage module also runs on its own, with the same commands and options, e.g. `python -m stages.train
+--cache ... --out ...` or `python -m stages.downstream glue ...` (stages/_common.py: run_module). dvc.yaml
+uses those entries: this module imports every stage, so a stage run through it would depend on all the code.
 """
 from __future__ import annotations
 
 import typer
 
-from pipeline.runtime import keep_freed_memory
-from stages import cache_tools, data, downstream, evaluate, extract, train, weights
+from stages import cache_tools, data, downstream, evaluate, extract, plots, train, weights
+from stages._common import before_every_command
 
 app = typer.Typer(help="GroundedBERT: frozen-encoder feature cache + grounding module training.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -26,8 +31,9 @@ evaluate.app.command("squad", help="SQuAD v1.1/v2.0: start/end heads on h alone 
 @app.callback()
 def _every_command() -> None:
     # Before any command: tensors freed by one batch are reused by the next without page faults
-    # (pipeline/runtime.py says why: eager image extraction 1.3x faster on a CPU).
-    keep_freed_memory()
+    # (pipeline/runtime.py says why: eager image extraction 1.3x faster on a CPU). The same helper runs
+    # first in every `python -m stages.<name>` entry.
+    before_every_command()
 
 
 app.add_typer(data.app, name="data", help="Datasets: synthesise the embedded default, write task fixtures.")
@@ -36,6 +42,7 @@ app.command("extract", help="Stage one: run the frozen encoders once and cache t
 app.add_typer(cache_tools.app, name="cache", help="Inspect and verify feature caches.")
 app.command("train", help="Stage two: train the grounding module, image projection and matcher from a cache.")(train.train)
 app.add_typer(evaluate.app, name="evaluate", help="Evaluate a trained run: grounding, GLUE, SQuAD.")
+app.add_typer(plots.app, name="plots", help="`dvc plots show` output: the offline HTML template.")
 
 if __name__ == "__main__":
     app()

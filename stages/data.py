@@ -47,3 +47,9 @@ def synth(
     splits = ", ".join(f"{name} {c['images']}/{c['captions']}" for name, c in summary["splits"].items())
     typer.echo(f"wrote {summary['images']} images, {summary['captions']} captions "
                f"(images/captions: {splits}) to {out} in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    from stages._common import run_module
+
+    run_module(app)

@@ -112,3 +112,13 @@ def fixtures(
 
     for name, path in write_all(out, train, dev, seed).items():
         typer.echo(f"{name}: {path}")
+
+
+if __name__ == "__main__":  # `python -m stages.downstream glue|squad|glue-fixtures ...`, as groundedbert's evaluate/data
+    from stages._common import run_module
+
+    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+    app.command("glue", help="GLUE task: a head on h alone vs on h concatenated with f_g(h) (probe or finetune).")(glue)
+    app.command("squad", help="SQuAD v1.1/v2.0: start/end heads on h alone vs on h concatenated with f_g(h).")(squad)
+    app.command("glue-fixtures", help="Small GLUE and SQuAD files in the official formats.")(fixtures)
+    run_module(app)

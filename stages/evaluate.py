@@ -1,11 +1,14 @@
 """Evaluate a trained run (`groundedbert evaluate grounding`); the downstream tasks add their commands here.
 
     groundedbert evaluate grounding --cache cache/default --run runs/default \
-        [--split test] [--grounding data/synth/grounding.json]
+        [--split test] [--grounding data/synth/grounding.json] \
+        [--figures N --captions data/synth/captions.jsonl --images data/synth] [--set evaluate.mass=0.5]
 
 Writes RUN_DIR/metrics.json: matching accuracy and ROC-AUC, retrieval R@1/5/10 both ways with the
-number of candidates and the chance level, the pointing game of the transport plan (with --grounding)
-and the collapse statistic; RUN_DIR/evaluate_config.json holds the resolved evaluation configuration.
+number of candidates and the chance level, the collapse statistic and, with --grounding, the pointing game
+(per token, per phrase, by word kind; on the plan at the evaluation's OT settings, on the plan at the common
+setting, and on the similarity map) and the synonym precision@1 of h, g and an untrained control;
+RUN_DIR/figures/*.png the alignment pictures; RUN_DIR/evaluate_config.json the resolved configuration.
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.cache_format import write_json_atomic
 from pipeline.config import resolve, save_resolved
+from pipeline.errors import ConfigError
 from stages._common import ConfigOpt, SetOpt, friendly_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -28,13 +33,28 @@ def grounding(
     run: Annotated[Path, typer.Option(help="Run directory written by `groundedbert train`.")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     grounding: Annotated[Optional[Path], typer.Option(help="grounding.json (word spans and boxes) for the pointing game.")] = None,
+    figures: Annotated[Optional[int], typer.Option(help="Alignment PNGs to write to RUN/figures (default: evaluate.figures).")] = None,
+    captions: Annotated[Optional[Path], typer.Option(help="Captions file the cache was extracted from (for --figures).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Images folder the cache was extracted from (for --figures).")] = None,
     config: ConfigOpt = None,
     set: SetOpt = None,
 ) -> None:
     from pipeline.evaluation.grounding_eval import evaluate_run  # torch loads only when the command runs
 
     resolved = resolve(config, set or [])
-    metrics = evaluate_run(run, Path(cache) / split, resolved["evaluate"], grounding)
+    count = resolved["evaluate"]["figures"] if figures is None else figures
+    if count < 0:
+        raise ConfigError(f"--figures must be 0 or more, got {count}")
+    if figures is None and (captions is None or images is None):
+        count = 0   # the params default asks for figures only where the source images were given
+    metrics = evaluate_run(run, Path(cache) / split, resolved["evaluate"], grounding, figures=count,
+                           figures_dir=Path(run) / "figures", captions_file=captions, images_root=images)
     save_resolved(resolved, run, "evaluate_config.json")
-    (Path(run) / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(Path(run) / "metrics.json", metrics)
     typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":  # `python -m stages.evaluate grounding ...`; glue and squad: stages/downstream.py
+    from stages._common import run_module
+
+    run_module(app, commands=True)

@@ -178,4 +178,6 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 app.command(help="Stage one: run the frozen encoders once and cache their features.")(extract)
 
 if __name__ == "__main__":
-    app()
+    from stages._common import run_module
+
+    run_module(app)

@@ -60,4 +60,6 @@ def convert(
 
 
 if __name__ == "__main__":
-    app()
+    from stages._common import run_module
+
+    run_module(app)

@@ -47,7 +47,7 @@ def test_repro_then_experiment_reuses_the_cache(tmp_path):
     tiny_params(repo, make_tiny_text_model(tmp_path / "tiny-bert"))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    # dvc.yaml runs `python -m stages.cli`: make `python` this interpreter, whatever PATH holds.
+    # dvc.yaml runs `python -m stages.<module>`: make `python` this interpreter, whatever PATH holds.
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (bin_dir / "python").chmod(stat.S_IRWXU)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
@@ -68,7 +68,8 @@ def test_repro_then_experiment_reuses_the_cache(tmp_path):
     for stage in ("synth", "convert_weights", "extract@train", "extract@val", "extract@test", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out, out
     metrics = json.loads((repo / "runs/default/metrics.json").read_text())
-    assert metrics["pointing"]["trials"] > 0
+    assert metrics["pointing"]["plan"]["token"]["trials"] > 0
+    assert sorted(p.name for p in (repo / "runs/default/figures").glob("*.png"))
     manifests = {s: (repo / f"cache/default/{s}/manifest.json").stat().st_mtime_ns for s in ("train", "val", "test")}
 
     sh("git", "add", "-A")

@@ -1,4 +1,4 @@
-"""Metrics on constructed score matrices: exact AUC with ties, recall both ways, blockwise scoring, pointing."""
+"""Metrics on constructed score matrices: exact AUC with ties, recall both ways, blockwise scoring."""
 import itertools
 
 import numpy as np
@@ -7,7 +7,6 @@ import torch
 
 from pipeline.evaluation.metrics import (average_ranks, chance_recall, image_to_text_ranks, matching_accuracy,
                                          retrieval, roc_auc, text_to_image_ranks)
-from pipeline.evaluation.pointing import PointingGame, box_area_fraction, box_in_crop, grounded_tokens, patch_in_box
 from pipeline.evaluation.scoring import retrieval_ranks
 from pipeline.modules import GroundingModel
 
@@ -95,62 +94,3 @@ def test_blockwise_scoring_equals_the_full_matrix(block):
     t2i, i2t = retrieval_ranks(model, t0, vbar, gold, block)
     assert t2i.tolist() == text_to_image_ranks(full, gold).tolist()
     assert i2t.tolist() == image_to_text_ranks(full, gold).tolist()
-
-
-# ----------------------------------------------------------------------------- pointing game
-
-def test_box_maps_into_the_center_crop():
-    # A 200x100 landscape image: the crop is the central 100x100 square, x in [50, 150].
-    unit = box_in_crop([50, 0, 100, 50], (200, 100), 100)
-    assert unit.tolist() == [0.0, 0.0, 0.5, 0.5]
-    assert box_area_fraction(unit) == 0.25
-    # A box partly outside the crop is clipped to it; one wholly outside has no area.
-    assert box_in_crop([0, 0, 75, 100], (200, 100), 100).tolist() == [0.0, 0.0, 0.25, 1.0]
-    assert box_area_fraction(box_in_crop([0, 0, 40, 100], (200, 100), 100)) == 0.0
-    # Portrait: 100x300 -> crop y in [100, 200].
-    assert box_in_crop([0, 150, 100, 200], (100, 300), 100).tolist() == [0.0, 0.5, 1.0, 1.0]
-
-
-def test_box_follows_the_encoders_resize_and_crop_exactly():
-    # A 640x427 photo at S = 224 (Preprocess): the shorter side 427 -> 224, the longer 640 -> floor(224 *
-    # 640 / 427) = 335 (not 335.74), then the crop starts at round((335 - 224) / 2) = 56 (not 55.87).
-    # A box edge at x = 521 lands at 521 * 335 / 640 - 56 = 216.72 input pixels, left of the centre of
-    # grid column 15 (15.5 * 14 = 217): that patch is outside the box. Dividing by min(w, h) about the
-    # image centre instead puts the edge at (521 - 106.5) * 224 / 427 = 217.44 and the patch inside.
-    from pipeline.encoders.preprocess import Preprocess
-    sx, sy, left, top = Preprocess(224, "bicubic", (0, 0, 0), (1, 1, 1)).to_input(640, 427)
-    assert (sx, sy, left, top) == (335 / 640, 224 / 427, 56, 0)
-    box = [400, 100, 521, 300]
-    unit = box_in_crop(box, (640, 427), 224)
-    expected = [(400 * 335 / 640 - 56) / 224, 100 / 427, (521 * 335 / 640 - 56) / 224, 300 / 427]
-    assert unit == pytest.approx(expected, abs=1e-12)
-    assert not patch_in_box(5 * 16 + 15, (16, 16), unit)     # row 5 (centre y = 77 px), column 15
-    assert patch_in_box(5 * 16 + 14, (16, 16), unit)
-    # The chance rate is the box's share of the S x S input the encoder saw.
-    assert box_area_fraction(unit) == pytest.approx((expected[2] - expected[0]) * (expected[3] - expected[1]))
-
-
-def test_patch_centre_in_box():
-    box = np.array([0.0, 0.0, 0.5, 0.5])
-    # 2x2 grid: patch 0 centre (.25, .25) inside, patch 1 centre (.75, .25) outside, patch 3 outside.
-    assert [patch_in_box(p, (2, 2), box) for p in range(4)] == [True, False, False, False]
-    # Row-major: on a 2x3 grid patch 4 is row 1, column 1, centre (0.5, 0.75).
-    assert patch_in_box(4, (2, 3), np.array([0.4, 0.6, 0.6, 0.9]))
-
-
-def test_grounded_tokens_overlap_the_phrase_span():
-    spans = np.array([[0, 0], [0, 3], [4, 7], [8, 12], [0, 0]])   # [CLS] "red" "box" "left" [SEP]
-    content = np.array([False, True, True, True, False])
-    assert grounded_tokens(spans, content, 0, 7).tolist() == [1, 2]
-    assert grounded_tokens(spans, content, 5, 6).tolist() == [2]
-
-
-def test_pointing_game_accuracy_and_chance():
-    spans = np.array([[0, 0], [0, 3], [4, 7], [0, 0]])
-    content = np.array([False, True, True, False])
-    plan = np.zeros((4, 4))
-    plan[1, 0] = 0.3                   # "red" points at patch 0: inside the top-left box
-    plan[2, 3] = 0.2                   # "box" points at patch 3: outside
-    game = PointingGame()
-    game.add_caption(plan, spans, content, [{"start": 0, "end": 7, "box": [0, 0, 32, 32]}], (64, 64), (2, 2), 64)
-    assert game.result() == {"accuracy": 0.5, "chance": 0.25, "trials": 2}

@@ -59,10 +59,12 @@ def test_freed_tensors_are_reused_without_page_faults():
 def test_every_command_runs_with_it(monkeypatch):
     from typer.testing import CliRunner
 
+    import pipeline.runtime
     import stages.cli as cli
 
     calls = []
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1) or True)
+    # The callback reaches it through stages/_common.py's before_every_command, which imports it when called.
+    monkeypatch.setattr(pipeline.runtime, "keep_freed_memory", lambda: calls.append(1) or True)
     r = CliRunner().invoke(cli.app, ["cache", "info", "/nonexistent-cache-dir"])
     assert calls == [1], r.output
 

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.encoders import TINY_IMAGE_MODEL, TINY_IMAGE_SIZE
+from pipeline.evaluation.figures import figure_pixels
 from stages.cli import app
 from stage2_fixtures import TINY_TRAIN
 
@@ -33,13 +34,28 @@ def test_synth_extract_train_evaluate(tmp_path):
     for split in ("train", "val", "test"):
         invoke("extract", "--captions", data / "captions.jsonl", "--images", data, "--cache", cache,
                "--split", split, "--no-progress", *sets(extract))
-    invoke("train", "--cache", cache, "--out", run, *sets(extract + TINY_TRAIN))
-    invoke("evaluate", "grounding", "--cache", cache, "--run", run, "--grounding", data / "grounding.json")
+    invoke("train", "--cache", cache, "--out", run, "--grounding", data / "grounding.json", *sets(extract + TINY_TRAIN))
+    invoke("evaluate", "grounding", "--cache", cache, "--run", run, "--grounding", data / "grounding.json",
+           "--figures", 2, "--captions", data / "captions.jsonl", "--images", data)
 
     metrics = json.loads((run / "metrics.json").read_text())
     test_images = sum(1 for line in (data / "captions.jsonl").read_text().splitlines()
                       if json.loads(line)["split"] == "test") // 3
     assert metrics["images"] == test_images == metrics["retrieval"]["t2i"]["candidates"]
-    assert metrics["pointing"]["trials"] > 0 and 0 < metrics["pointing"]["chance"] < 1
-    assert 0 <= metrics["pointing"]["accuracy"] <= 1
+    for score in ("plan", "plan_common", "similarity"):
+        token = metrics["pointing"][score]["token"]
+        assert token["trials"] > 0 and 0 < token["chance"] < 1
+        # Every token trial is a colour, shape or size word of the synthetic captions.
+        assert token["trials"] == sum(metrics["pointing"][score][k]["trials"] for k in ("colour", "shape", "size"))
+    assert metrics["pointing"]["plan"]["settings"] == {"mass": 0.5, "epsilon": 0.05, "patch_capacity": 16.0}
+    assert set(metrics["synonyms"]) == {"h", "g", "random_fg"} and metrics["synonyms"]["g"]["trials"] > 0
+    # The figures: two PNGs of the size their word count gives.
+    from PIL import Image
+    pngs = sorted((run / "figures").glob("*.png"))
+    assert len(pngs) == 2
+    for png in pngs:
+        width, height = Image.open(png).size
+        assert (width, height) in {figure_pixels(n) for n in range(1, 12)}
+    # The validation pointing game was logged per epoch beside the losses.
+    assert (run / "dvclive" / "plots" / "metrics" / "val" / "pointing" / "plan" / "token.tsv").exists()
     assert json.loads((run / "config.json").read_text())["extract"]["text_model"] == text_model

@@ -114,9 +114,14 @@ def test_evaluate_writes_metrics_with_chance_levels(cache, trained, tmp_path):
     assert metrics["retrieval"]["t2i"]["chance@1"] == pytest.approx(1 / 6)
     assert metrics["retrieval"]["i2t"]["candidates"] == 12
     assert metrics["matching"]["pairs"] == 24 and 0 <= metrics["matching"]["roc_auc"] <= 1
-    # Two tokens per phrase overlap its span. img000 is 64x64: the box is a quarter of it. img001 is 80x64,
-    # cropped to x in [8, 72]: its box keeps x in [8, 32] -> 0.375 x 0.5 of the crop.
-    assert metrics["pointing"]["trials"] == 4
-    assert metrics["pointing"]["chance"] == pytest.approx((0.25 + 0.375 * 0.5) / 2)
+    # Two tokens per phrase overlap its span (no word annotations: every token of the phrase is a trial).
+    # The tiny ViT sees a 4x4 grid, patch centres at 1/8, 3/8, 5/8, 7/8 of the crop. img000 is 64x64: the box
+    # is its top-left quarter, holding 4 of the 16 centres. img001 is 80x64, cropped to x in [8, 72]: its box
+    # keeps x in [0, 0.375) of the crop (the centre at 3/8 lies on the far edge, so outside) and y in
+    # [0.5, 1): 1 column x 2 rows = 2 of 16 centres, not the box's 0.1875 of the area.
+    token = metrics["pointing"]["plan"]["token"]
+    assert token["trials"] == 4
+    assert token["chance"] == pytest.approx((4 / 16 + 2 / 16) / 2)
+    assert metrics["pointing"]["plan"]["phrase"]["trials"] == 2
     assert -1 <= metrics["collapse"]["mean_pairwise_cosine_g"] <= 1
     assert (trained / "evaluate_config.json").exists()

@@ -133,11 +133,14 @@ def test_step_losses_follow_the_knobs(cache):
         return engine.forward_losses(model, batch, cfg, torch.Generator().manual_seed(0), engine.amp_context(
             torch.device("cpu"), "auto"), with_ot=cfg["lambda_ot"] > 0, class_token=reader.class_token)
 
-    full = losses(lambda_ot=0.5, ot_hinge_weight=2.0)
-    want = full["match"] + 0.5 * (full["ot"] + 2.0 * full["ot_hinge"])
+    full = losses(lambda_ot=0.5, ot_hinge_weight=2.0, local_contrastive_weight=0.3)
+    want = full["match"] + 0.5 * (full["ot"] + 2.0 * full["ot_hinge"]) + 0.3 * full["local"]
     assert full["loss"].item() == pytest.approx(want.item(), rel=1e-6)
     assert "ot_hinge" not in losses(lambda_ot=0.5, ot_hinge_weight=0.0)
-    assert set(losses(lambda_ot=0.0)) == {"loss", "match", "accuracy", "collapse"}
+    assert set(losses(lambda_ot=0.0, local_contrastive_weight=0.0)) == {"loss", "match", "accuracy", "collapse"}
+    # The patch capacity changes the plan, so the OT loss; at 1 it is METHOD.md's uniform-marginal problem.
+    uniform, roomy = losses(lambda_ot=0.5, patch_capacity=1.0), losses(lambda_ot=0.5, patch_capacity=16.0)
+    assert roomy["ot"].item() < uniform["ot"].item()
     # Hard negatives: the highest-scoring wrong image is at least as hard as a random one.
     hard, rand = losses(negative_mode="hard", lambda_ot=0.0), losses(negative_mode="random", lambda_ot=0.0)
     assert hard["match"].item() >= rand["match"].item() - 1e-6

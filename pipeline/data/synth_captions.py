@@ -30,7 +30,7 @@ RELATION_WORDS = {"left": ["to the left of", "left of", "next to", "beside"],
 COUNT_WORDS = {2: ["two", "2"], 3: ["three", "3"]}
 DOMINANCE = 1.3  # a relation is "left of" only if the horizontal offset clearly beats the vertical one
 
-Segment = str | tuple[str, int]
+Segment = str | tuple[str, int, list[dict]]   # plain text, or (phrase, shape index, its annotated words)
 
 
 def pick(rng: np.random.Generator, options: list[str]) -> str:
@@ -62,13 +62,27 @@ def position(shape: Shape, size: int) -> str:
 
 
 def noun_phrase(rng: np.random.Generator, shape: Shape, index: int) -> list[Segment]:
-    """["a ", ("small red circle", index)] and its variants; the span covers size, colour and noun."""
+    """["a ", ("small red circle", index, words)] and its variants; the span covers size, colour and noun.
+    `words` gives each content word's [start, end) within the phrase, its kind (size, colour, shape) and
+    its class (the canonical name its synonyms share), so evaluation can score colour words, shape nouns
+    and size words apart; "in" and "coloured" are function words and carry no entry."""
     colour, noun, size = (pick(rng, COLOUR_WORDS[shape.colour]), pick(rng, SHAPE_WORDS[shape.kind]),
                           pick(rng, SIZE_WORDS[shape.size]))
     form = rng.integers(4)
-    words = ([size, colour, noun], [colour, noun], [size, noun, "in", colour], [size, noun, "coloured", colour])[form]
-    phrase = " ".join(w for w in words if w)
-    return ["an " if phrase[0] in "aeiou" else "a ", (phrase, index)]
+    kinds = {"size": (size, shape.size), "colour": (colour, shape.colour), "shape": (noun, shape.kind)}
+    words = (["size", "colour", "shape"], ["colour", "shape"], ["size", "shape", "in", "colour"],
+             ["size", "shape", "coloured", "colour"])[form]
+    phrase, annotated = "", []
+    for w in words:
+        text, cls = kinds[w] if w in kinds else (w, None)
+        if not text:   # the unnamed medium size
+            continue
+        phrase += " " if phrase else ""
+        if cls is not None:
+            annotated.append({"start": len(phrase), "end": len(phrase) + len(text), "text": text, "kind": w,
+                              "class": cls})
+        phrase += text
+    return ["an " if phrase[0] in "aeiou" else "a ", (phrase, index, annotated)]
 
 
 def single(rng, shapes, bg, size, overlaps) -> list[Segment]:
@@ -113,17 +127,18 @@ def assemble(rng: np.random.Generator, segments: list[Segment], shapes: list[Sha
     """Join segments into the caption text and the grounded phrases with their character spans."""
     if rng.random() < 0.5:  # capitalise the first letter: same length, so no span moves
         first = segments[0]
-        segments = [(first[0][0].upper() + first[0][1:], first[1]) if isinstance(first, tuple)
+        segments = [(first[0][0].upper() + first[0][1:], *first[1:]) if isinstance(first, tuple)
                     else first[0].upper() + first[1:]] + segments[1:]
     if rng.random() < 0.5:
         segments = segments + ["."]
     text, phrases = "", []
     for seg in segments:
         if isinstance(seg, tuple):
-            words, k = seg
-            s = shapes[k]
-            phrases.append({"start": len(text), "end": len(text) + len(words), "text": words,
-                            "box": list(s.box), "shape": s.kind, "colour": s.colour})
+            words, k, annotated = seg
+            s, at = shapes[k], len(text)
+            phrases.append({"start": at, "end": at + len(words), "text": words,
+                            "box": list(s.box), "shape": s.kind, "colour": s.colour,
+                            "words": [dict(w, start=at + w["start"], end=at + w["end"]) for w in annotated]})
             text += words
         else:
             text += seg

@@ -42,14 +42,18 @@ class Preprocess:
         top = int(round((nh - self.image_size) / 2.0))
         return nw / width, nh / height, left, top
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def crop(self, img: Image.Image) -> Image.Image:
+        """The S x S RGB image the encoder sees, before normalisation (the figures draw on it too)."""
         if img.mode != "RGB":
             img = img.convert("RGB")
         w, h = img.size
         nw, nh = self.resized_size(w, h)
         _, _, left, top = self.to_input(w, h)
         s = self.image_size
-        img = img.resize((nw, nh), resample=_RESAMPLE[self.interpolation]).crop((left, top, left + s, top + s))
+        return img.resize((nw, nh), resample=_RESAMPLE[self.interpolation]).crop((left, top, left + s, top + s))
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = self.crop(img)
         x = np.asarray(img, dtype=np.float32) / 255.0
         x = (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))

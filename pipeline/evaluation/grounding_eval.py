@@ -1,4 +1,5 @@
-"""`groundedbert evaluate grounding`: every metric of a trained run on one split, as one JSON-able dict."""
+"""`groundedbert evaluate grounding`: every metric of a trained run on one split, as one JSON-able dict,
+and the alignment figures."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,16 +8,19 @@ import numpy as np
 import torch
 
 from pipeline.cache_format import read_json
+from pipeline.data.images import load_rgb
+from pipeline.data.loaders import load_split, resolve_image
+from pipeline.encoders.preprocess import Preprocess
 from pipeline.errors import ConfigError
+from pipeline.evaluation.alignment import FigureItem, alignment_pass, plan_settings
+from pipeline.evaluation.figures import draw_alignment
 from pipeline.evaluation.metrics import matching_accuracy, retrieval, roc_auc
-from pipeline.evaluation.pointing import PointingGame
+from pipeline.evaluation.pointing import box_in_crop, word_trials
 from pipeline.evaluation.scoring import encode_split, matching_pairs, retrieval_ranks
-from pipeline.losses import mean_pairwise_cosine, ot_alignment_loss
 from pipeline.runtime import pick_device
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.cache_check import check_against_config, check_same_cache
-from pipeline.training.engine import to_device
-from pipeline.training.reader import SplitReader, epoch_loader
+from pipeline.training.reader import SplitReader
 
 
 def load_grounding(path: Path) -> dict:
@@ -24,44 +28,18 @@ def load_grounding(path: Path) -> dict:
     return read_json(path, ConfigError)
 
 
-@torch.no_grad()
-def plans_and_collapse(model, reader: SplitReader, cfg: dict, batch_size: int, device, grounding: dict | None,
-                       image_size: int):
-    """Mean within-batch collapse statistic over the split, and the pointing game when `grounding`
-    is given (transport plans solved with the run's own OT settings; image_size is the encoder's input
-    side, which places the boxes on the patch grid)."""
-    game, collapse, batches = PointingGame(), 0.0, 0
-    for batch in epoch_loader(reader, batch_size, seed=None):
-        batch = to_device(batch, device)
-        content, slot = batch["content_mask"], batch["image_slot"]
-        p0 = model.global_token(batch["prefix"], batch["patches"], class_token=reader.class_token)
-        g, v, _, _ = model(batch["h"], batch["patches"], p0)
-        c = mean_pairwise_cosine(g[content])
-        if torch.isfinite(c):
-            collapse, batches = collapse + float(c), batches + 1
-        if grounding is None:
-            continue
-        ids = [reader.caption_ids[i] for i in batch["caption_index"].tolist()]
-        rows = [i for i, cid in enumerate(ids) if grounding.get(cid) and bool(content[i].any())]
-        if not rows:
-            continue
-        keep = torch.tensor(rows, device=device)
-        _, plan = ot_alignment_loss(g[keep], v[slot[keep]], content[keep],
-                                    torch.ones(v.shape[:2], dtype=torch.bool, device=device)[slot[keep]],
-                                    mass=cfg["mass"], epsilon=cfg["epsilon"], solver=cfg["ot_solver"],
-                                    max_iter=cfg["ot_max_iter"], tol=cfg["ot_tol"])
-        plan, spans, content_np = plan.cpu().numpy(), batch["char_spans"].cpu().numpy(), content.cpu().numpy()
-        for j, i in enumerate(rows):
-            image_row = int(batch["image_index"][slot[i]])
-            game.add_caption(plan[j], spans[i], content_np[i], grounding[ids[i]], reader.sizes[image_row], reader.grid,
-                             image_size)
-    return collapse / max(batches, 1), (game.result() if grounding is not None else None)
-
-
-def evaluate_run(run_dir: Path, split_dir: Path, eval_cfg: dict, grounding_file: Path | None = None) -> dict:
+def evaluate_run(run_dir: Path, split_dir: Path, eval_cfg: dict, grounding_file: Path | None = None, *,
+                 figures: int = 0, figures_dir: Path | None = None, captions_file: Path | None = None,
+                 images_root: Path | None = None) -> dict:
+    """Metrics of the run's best checkpoint on one cached split. With `figures` > 0 (and the captions file
+    and images folder the cache was extracted from), also one alignment PNG per caption in figures_dir."""
+    if figures and (grounding_file is None or captions_file is None or images_root is None):
+        raise ConfigError("--figures needs --grounding, --captions and --images (the files the cache was made from)")
     checkpoint = ckpt.load(ckpt.checkpoint_dir(run_dir) / ckpt.BEST)
     config = checkpoint["config"]
     cfg = config["train"]
+    settings = plan_settings(cfg, eval_cfg)
+    common = plan_settings(cfg, eval_cfg["common"])
     device = pick_device(cfg["device"])
     model = ckpt.build_model(checkpoint).to(device).eval()
     reader = SplitReader(split_dir, cfg["memory_budget_gb"])
@@ -74,17 +52,53 @@ def evaluate_run(run_dir: Path, split_dir: Path, eval_cfg: dict, grounding_file:
     grounding = load_grounding(grounding_file) if grounding_file is not None else None
     # extract.image_size is the side the cache's images were resized and cropped to: check_against_config
     # above has matched it against the cache's fingerprint.
-    collapse, pointing = plans_and_collapse(model, reader, cfg, cfg["batch_size"], device, grounding,
-                                            int(config["extract"]["image_size"]))
+    image_size = int(config["extract"]["image_size"])
+    alignment = alignment_pass(model, reader, device, grounding=grounding, image_size=image_size, settings=settings,
+                               common=common, batch_size=cfg["batch_size"], figures=figures,
+                               synonyms=grounding is not None, control_seed=eval_cfg["seed"])
 
     metrics = {"split": Path(split_dir).name, "captions": reader.num_captions, "images": reader.num_images,
                "matching": {"accuracy": matching_accuracy(logits, labels), "pairs": int(len(labels)),
                             "roc_auc": roc_auc(logits, labels) if 0 < labels.sum() < len(labels) else float("nan")},
                "retrieval": retrieval(t2i, i2t, gold, reader.num_images),
-               "collapse": {"mean_pairwise_cosine_g": collapse}}
-    if pointing is not None:
-        metrics["pointing"] = pointing
+               "collapse": {"mean_pairwise_cosine_g": alignment.collapse}}
+    if grounding is not None:
+        metrics["pointing"] = alignment.pointing
+        metrics["synonyms"] = alignment.synonyms
+    if alignment.figures:
+        write_figures(alignment.figures, Path(figures_dir), captions_file, images_root, reader, image_size)
     return _finite_or_none(metrics)
+
+
+def write_figures(items: list[FigureItem], out_dir: Path, captions_file: Path, images_root: Path, reader,
+                  image_size: int) -> list[Path]:
+    """One PNG per caption: the image as the encoder saw it with each phrase's box, and each grounded word's
+    transport mass over the patch grid. Older figures in out_dir are removed first, so the folder (a DVC
+    plots output) never mixes two runs."""
+    records = {r.caption_id: r for r in load_split(captions_file, images_root)}
+    interpolation = reader.fingerprint.get("image", {}).get("encoder", {}).get("preprocessing", {}).get(
+        "interpolation", "bicubic")
+    crop = Preprocess(image_size, interpolation, (0.0,) * 3, (1.0,) * 3).crop
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.png"):
+        old.unlink()
+    gh, gw = reader.grid
+    written = []
+    for item in items:
+        record = records.get(item.caption_id)
+        if record is None:
+            raise ConfigError(f"file {captions_file}: caption {item.caption_id} of the cache is not in it "
+                              f"(pass the captions file the cache was extracted from)")
+        image = np.asarray(crop(load_rgb(resolve_image(images_root, record), item.caption_id)))
+        phrases, words = [], []
+        for phrase in item.phrases:
+            box = box_in_crop(phrase["box"], item.size, image_size)
+            phrases.append((phrase.get("text", record.text[phrase["start"]:phrase["end"]]), box))
+            for _, start, end, tokens in word_trials(phrase, item.char_spans, item.content):
+                if len(tokens):
+                    words.append((record.text[start:end], item.plan[tokens].sum(axis=0).reshape(gh, gw), box))
+        written.append(draw_alignment(out_dir / f"{item.caption_id}.png", image, record.text, phrases, words))
+    return written
 
 
 def _finite_or_none(obj):

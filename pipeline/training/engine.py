@@ -2,7 +2,8 @@
 
 A step: features to the device -> f_g, f_v, f_c -> matching BCE on each caption's own image and k
 negatives from the batch -> partial-OT alignment on the matched pairs (and, with the hinge on, on each
-caption with its first negative) -> L = L_match + lambda * (L_ot + w_hinge * L_hinge).
+caption with its first negative) -> the token-wise contrastive term over the batch's images ->
+L = L_match + lambda * (L_ot + w_hinge * L_hinge) + w_local * L_local.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.errors import ConfigError, TrainingError
-from pipeline.losses import matching_bce, mean_pairwise_cosine, ot_alignment_loss, ot_hinge, pick_negatives
+from pipeline.losses import (matching_bce, mean_pairwise_cosine, ot_alignment_loss, ot_hinge, pick_negatives,
+                             token_contrastive)
 from pipeline.training.schedule import learning_rate, set_learning_rate
 
 
@@ -67,13 +69,16 @@ def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, am
             torch.cat([content[rows], content[neg_rows]]),
             torch.ones(len(rows) + len(neg_rows), v.shape[1], dtype=torch.bool, device=v.device),
             mass=cfg["mass"], epsilon=cfg["epsilon"], solver=cfg["ot_solver"], max_iter=cfg["ot_max_iter"],
-            tol=cfg["ot_tol"])
+            tol=cfg["ot_tol"], patch_capacity=cfg["patch_capacity"])
         matched = per_pair[: len(rows)]
         out["ot"] = matched.mean()
         out["loss"] = out["loss"] + cfg["lambda_ot"] * out["ot"]
         if len(neg_rows):
             out["ot_hinge"] = ot_hinge(matched[mask[rows, 0]], per_pair[len(rows):], cfg["ot_hinge_margin"])
             out["loss"] = out["loss"] + cfg["lambda_ot"] * cfg["ot_hinge_weight"] * out["ot_hinge"]
+    if cfg["local_contrastive_weight"] > 0 and len(rows) and vbar.shape[0] > 1:
+        out["local"] = token_contrastive(g[rows], v, content[rows], slot[rows], cfg["local_contrastive_temperature"])
+        out["loss"] = out["loss"] + cfg["local_contrastive_weight"] * out["local"]
     return out
 
 

@@ -39,18 +39,20 @@ def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.AdamW:
                               {"params": rest, "weight_decay": 0.0}], lr=cfg["lr"])
 
 
-def fit(config: dict, cache_root: Path, out_dir: Path, resume: bool = True, log=print) -> dict:
-    """Train on cache_root/train with early stopping on cache_root/val; return a summary dict."""
+def fit(config: dict, cache_root: Path, out_dir: Path, resume: bool = True, log=print, epoch_metrics=None) -> dict:
+    """Train on cache_root/train with early stopping on cache_root/val; return a summary dict.
+    epoch_metrics(model, val_reader, device) -> {name: value}, if given, runs after each epoch's validation
+    and its values are logged as val/<name> (the pointing game, when the data has ground truth)."""
     threads = torch.get_num_threads()
     if config["train"]["num_threads"] > 0:
         torch.set_num_threads(config["train"]["num_threads"])
     try:
-        return _fit(config, cache_root, out_dir, resume, log)
+        return _fit(config, cache_root, out_dir, resume, log, epoch_metrics)
     finally:
         torch.set_num_threads(threads)   # a process-wide setting: give it back to the caller
 
 
-def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log) -> dict:
+def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log, epoch_metrics) -> dict:
     cfg = config["train"]
     out_dir = Path(out_dir)
     seed_everything(cfg["seed"])
@@ -101,6 +103,8 @@ def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log) -> di
             if not math.isfinite(val_stats["loss"]):
                 raise TrainingError(f"epoch {state['epoch'] + 1}: the validation loss is not finite ({val_stats}); "
                                     f"training stopped. The last good checkpoint is kept at {state['last_checkpoint']}.")
+            if epoch_metrics is not None:
+                val_stats.update(epoch_metrics(model, val_reader, device))
             state["epoch"] += 1
             improved = val_stats["loss"] < best_val
             best_val, bad_epochs = (val_stats["loss"], 0) if improved else (best_val, bad_epochs + 1)
@@ -117,7 +121,7 @@ def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log) -> di
             if improved:
                 ckpt.save(ckpt.checkpoint_dir(out_dir) / ckpt.BEST, **kwargs)
             ckpt.save(state["last_checkpoint"], **kwargs)
-            parts = ", ".join(f"{k} {train_stats[k]:.4f}" for k in ("match", "ot", "ot_hinge") if k in train_stats)
+            parts = ", ".join(f"{k} {train_stats[k]:.4f}" for k in ("match", "ot", "ot_hinge", "local") if k in train_stats)
             log(f"epoch {state['epoch']}/{cfg['epochs']}: train loss {train_stats['loss']:.4f} ({parts}), "
                 f"val loss {val_stats['loss']:.4f}, collapse {val_stats['collapse']:.3f}, "
                 f"{train_stats['items_per_s']:.0f} captions/s, data wait {100 * train_stats['data_wait_fraction']:.1f}%"

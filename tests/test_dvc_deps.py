@@ -1,0 +1,271 @@
+"""dvc.yaml lists, for every stage, all the project code that stage runs, and only that code.
+
+A stage whose deps miss a module it imports is reported up to date by DVC after that module changes, so
+its outputs (metrics included) silently go stale. Here each stage's entry module is read from its `cmd`
+(`python -m stages.train ...` -> stages/train.py), the transitive closure of its project-internal imports is
+computed with `ast` (every `import` / `from ... import` anywhere in a file, function bodies and the
+`__main__` tail included, since lazy imports run too; importing `a.b.c` also runs `a/__init__.py` and
+`a/b/__init__.py`), and every file of the closure must lie under one of the stage's deps. The other way
+round, a stage must not depend on code it never runs: each stage enters through its own module, not
+stages/cli.py (which imports every stage), and each code dep holds some of the stage's closure. Those
+checks are plain parsing, no imports of the project: fast, and independent of dvc, torch or anything else
+being installed. The last tests run the entries themselves: every stage's cmd parses through its module's
+`__main__` (which must do what the `groundedbert` callback does first), one cheap command gives what
+`groundedbert` gives, and `python -m stages.cli` still offers every command.
+"""
+from __future__ import annotations
+
+import ast
+import runpy
+import shlex
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+# Deps under these folders are code: each must exist (a typo'd one would never trigger a re-run).
+CODE_ROOTS = ("pipeline", "stages")
+
+
+def load_stages() -> dict[str, dict]:
+    """Stage name -> its definition; a foreach stage's `do` template stands for all its items (they
+    share the code deps: only data paths carry `${item}` / `${key}`)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: (stage["do"] if "foreach" in stage else stage) for name, stage in stages.items()}
+
+
+def first_items() -> dict[str, dict[str, str]]:
+    """Stage name -> the `${...}` values of its first foreach item ({} for a plain stage)."""
+    found = {}
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        items = stage.get("foreach")
+        if isinstance(items, dict):
+            key = next(iter(items))
+            found[name] = {"${key}": str(key), "${item}": str(items[key])}
+        else:
+            found[name] = {"${item}": str(items[0])} if items else {}
+    return found
+
+
+def cmd_argv(cmd: str) -> list[str]:
+    """`python -m stages.train --cache ...` (folded over lines or not) -> its argv."""
+    return shlex.split(" ".join(cmd.split()))
+
+
+def entry_module(cmd: str) -> str:
+    """`python -m stages.train ...` -> "stages.train"."""
+    argv = cmd_argv(cmd)
+    assert "-m" in argv, f"cmd does not run a module with `python -m`: {cmd!r}"
+    return argv[argv.index("-m") + 1]
+
+
+@lru_cache(maxsize=None)
+def module_file(dotted: str) -> Path | None:
+    """The repo file a project module name stands for (a package -> its __init__.py), or None when the
+    name is not project code (stdlib, third party) or names no module (an attribute)."""
+    parts = dotted.split(".")
+    base = REPO.joinpath(*parts)
+    if base.is_dir() and (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    return None
+
+
+def is_project(dotted: str) -> bool:
+    return module_file(dotted.split(".")[0]) is not None
+
+
+def with_parents(dotted: str) -> list[Path]:
+    """Every file that `import dotted` executes: each enclosing package's __init__.py, then the module."""
+    parts = dotted.split(".")
+    files = [module_file(".".join(parts[:i])) for i in range(1, len(parts) + 1)]
+    return [f for f in files if f is not None]
+
+
+def package_of(path: Path) -> list[str]:
+    """The dotted package a file belongs to (what a relative import is relative to)."""
+    return list(path.relative_to(REPO).parts[:-1])  # a/b/c.py and a/b/__init__.py: both in a.b
+
+
+@lru_cache(maxsize=None)
+def direct_imports(path: Path) -> frozenset[Path]:
+    """Project files one file imports, anywhere in it (top level, functions, try blocks)."""
+    found: set[Path] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if is_project(alias.name):
+                    found.update(with_parents(alias.name))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                pkg = package_of(path)
+                up = pkg[: len(pkg) - (node.level - 1)]
+                base = ".".join(up + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if not base or not is_project(base):
+                continue
+            found.update(with_parents(base))
+            for alias in node.names:  # `from pkg import mod`: mod is a submodule file when one exists
+                sub = module_file(f"{base}.{alias.name}")
+                if alias.name != "*" and sub is not None:
+                    found.add(sub)
+    return frozenset(found)
+
+
+def closure(dotted: str) -> set[Path]:
+    """The entry module's files (its packages' __init__.py included) and everything they import."""
+    todo = with_parents(dotted)
+    assert todo and todo[-1] == module_file(dotted), f"entry module {dotted!r} is not a file in the repo"
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(direct_imports(path) - seen)
+    return seen
+
+
+def covered(rel: PurePosixPath, deps: list[PurePosixPath]) -> bool:
+    """A dep covers a file when it is that file or a folder above it."""
+    return any(dep == rel or dep in rel.parents for dep in deps)
+
+
+def stage_deps(stage: dict) -> list[PurePosixPath]:
+    return [PurePosixPath(d.rstrip("/")) for d in stage.get("deps", [])]
+
+
+def test_every_stage_depends_on_all_the_code_it_imports():
+    missing = {}
+    for name, stage in load_stages().items():
+        deps = stage_deps(stage)
+        files = {PurePosixPath(f.relative_to(REPO).as_posix()) for f in closure(entry_module(stage["cmd"]))}
+        lacking = sorted(str(f) for f in files if not covered(f, deps))
+        if lacking:
+            missing[name] = lacking
+    assert not missing, "dvc.yaml stages miss code deps (DVC would call their outputs up to date after " \
+        "these files change):\n" + "\n".join(f"  {name}: {', '.join(files)}" for name, files in missing.items())
+
+
+def test_every_code_dep_exists():
+    absent = {}
+    for name, stage in load_stages().items():
+        gone = [str(d) for d in stage_deps(stage)
+                if d.parts[0] in CODE_ROOTS and "${" not in str(d) and not (REPO / d).exists()]
+        if gone:
+            absent[name] = gone
+    assert not absent, "dvc.yaml code deps that do not exist (they would never trigger a re-run):\n" + \
+        "\n".join(f"  {name}: {', '.join(files)}" for name, files in absent.items())
+
+
+def test_every_stage_runs_its_own_module_and_depends_on_no_other_code():
+    """Narrow deps: through stages/cli.py (which imports every stage module) every stage would depend on
+    all the code, and any edit would re-run extraction; so would a dep on a whole code root."""
+    through_cli, whole_roots, unused = {}, {}, {}
+    for name, stage in load_stages().items():
+        module = entry_module(stage["cmd"])
+        if module == "stages.cli" or not module.startswith("stages."):
+            through_cli[name] = module
+        files = {PurePosixPath(f.relative_to(REPO).as_posix()) for f in closure(module)}
+        code = [d for d in stage_deps(stage) if d.parts[0] in CODE_ROOTS]
+        if any(len(d.parts) == 1 for d in code):
+            whole_roots[name] = [str(d) for d in code if len(d.parts) == 1]
+        idle = [str(d) for d in code if not any(covered(f, [d]) for f in files)]
+        if idle:
+            unused[name] = idle
+    assert not through_cli, f"stages not run through their own module `python -m stages.<name>`: {through_cli}"
+    assert not whole_roots, f"stages depending on a whole code root (every edit re-runs them): {whole_roots}"
+    assert not unused, "code deps holding nothing the stage imports (edits there re-run it for nothing):\n" + \
+        "\n".join(f"  {name}: {', '.join(deps)}" for name, deps in unused.items())
+
+
+def test_the_closure_follows_lazy_and_submodule_imports():
+    """The walker itself: stages/train.py imports pipeline.training.fit inside a function, and
+    stages/cli.py pulls in its stage modules with `from stages import data, ...`."""
+    files = {f.relative_to(REPO).as_posix() for f in closure("stages.cli")}
+    assert {"stages/__init__.py", "stages/cli.py", "stages/train.py", "stages/data.py",
+            "pipeline/__init__.py", "pipeline/training/__init__.py", "pipeline/training/fit.py"} <= files
+    assert not any(f.startswith(("tests/", "data/")) for f in files)
+    # A stage module's own closure holds no other stage module (stages/_common.py is shared).
+    files = {f.relative_to(REPO).as_posix() for f in closure("stages.train")}
+    assert "pipeline/training/fit.py" in files and "stages/_common.py" in files
+    assert not files & {"stages/cli.py", "stages/data.py", "stages/extract.py", "stages/evaluate.py"}
+
+
+# The entries themselves (these import the project).
+
+@pytest.mark.parametrize("name", sorted(load_stages()))
+def test_every_stage_cmd_parses_through_its_module_entry(name, monkeypatch, tmp_path):
+    """Each stage's cmd as `python -m` runs it (runpy, as __main__), all but the command's own body: its
+    module's __main__ first does what every `groundedbert` command does (stages/_common.py:
+    before_every_command), then the whole line parses (command names, options, values, required options,
+    no extra arguments) down to one command, whose body is skipped here."""
+    from typer.core import TyperCommand
+
+    import pipeline.runtime
+
+    argv = cmd_argv(load_stages()[name]["cmd"])
+    for placeholder, value in first_items()[name].items():
+        argv = [a.replace(placeholder, value) for a in argv]
+    module, args = argv[argv.index("-m") + 1], argv[argv.index("-m") + 2:]
+    calls, reached = [], []
+    monkeypatch.setattr(pipeline.runtime, "keep_freed_memory", lambda: calls.append("keep") or True)
+    # The click Command class typer's commands derive from (typer may carry its own copy of click).
+    base = next(c for c in TyperCommand.__mro__ if "invoke" in vars(c))
+    invoke = base.invoke
+
+    def parse_only(self, ctx):  # a group goes on to its subcommand; a command records itself, body skipped
+        if hasattr(self, "resolve_command"):
+            return invoke(self, ctx)
+        reached.append((ctx.command_path, ctx.params))
+        calls.append("command")
+
+    monkeypatch.setattr(base, "invoke", parse_only)
+    monkeypatch.chdir(tmp_path)  # the cmd's relative paths land here, should a body ever run
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    monkeypatch.delitem(sys.modules, module, raising=False)  # runpy runs it afresh as __main__ either way
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    assert exit_.value.code in (0, None), f"{' '.join(argv)}: exit {exit_.value.code}"
+    assert calls == ["keep", "command"], (calls, reached)
+    assert reached[0][1], reached  # the command's parsed options
+    assert not any(tmp_path.iterdir()), "a stage's body ran"
+
+
+def _python(*args, cwd=REPO):
+    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_a_module_entry_writes_what_groundedbert_writes(tmp_path):
+    """`python -m stages.data synth` (the synth stage's entry) and `groundedbert data synth` give the same
+    bytes; both read the params.yaml of the working directory."""
+    tiny = ["--images", "3", "--image-size", "64"]
+    _python("-m", "stages.data", "synth", str(tmp_path / "module"), *tiny)
+    _python("-m", "stages.cli", "data", "synth", str(tmp_path / "cli"), *tiny)
+    module = {p.relative_to(tmp_path / "module"): p.read_bytes() for p in (tmp_path / "module").rglob("*") if p.is_file()}
+    cli = {p.relative_to(tmp_path / "cli"): p.read_bytes() for p in (tmp_path / "cli").rglob("*") if p.is_file()}
+    assert module and module.keys() == cli.keys() and module == cli
+    assert len(list((tmp_path / "module" / "images").rglob("*.png"))) == 3
+
+
+def test_groundedbert_still_offers_every_command():
+    """The console script (stages.cli:app) keeps every command, the per-module entries notwithstanding."""
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    top = _python("-m", "stages.cli", "--help")
+    for command in ("data", "weights", "extract", "cache", "train", "evaluate", "plots"):
+        assert f" {command} " in top, top
+    runner = CliRunner()
+    for group, commands in {"data": ("synth", "glue-fixtures"), "weights": ("convert",),
+                            "cache": ("info", "verify"), "evaluate": ("grounding", "glue", "squad")}.items():
+        r = runner.invoke(app, [group, "--help"])
+        assert r.exit_code == 0 and all(f" {c} " in r.output for c in commands), r.output
