@@ -35,6 +35,9 @@ def experiments(shown: list) -> dict[str, list[dict]]:
     rows = defaultdict(list)
     for baseline in shown:
         for exp in baseline.get("experiments") or []:
+            # A queued or running experiment shows its baseline's metrics until it finishes: finished ones only.
+            if (exp.get("executor") or {}).get("state", "success") != "success":
+                continue
             for rev in exp.get("revs", []):
                 name = rev.get("name") or exp.get("name") or ""
                 match = re.fullmatch(r"(.+)-s(\d+)", name)

@@ -1,4 +1,4 @@
-"""The two training losses of METHOD.md and the collapse statistic, each a small pure function.
+"""The training losses (README, Stage two) and the collapse statistic, each a small pure function.
 
 - matching: binary cross-entropy on f_c's logit, each positive with `k` negatives from the batch;
 - alignment: partial optimal transport between a caption's content tokens and its image's patches,
@@ -64,20 +64,22 @@ def cosine_cost(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def ot_alignment_loss(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, patch_mask: torch.Tensor, *,
                       mass: float, epsilon: float, solver: str = "sinkhorn", max_iter: int = 1000,
-                      tol: float = 1e-6, patch_capacity: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                      tol: float = 1e-6, patch_capacity: float = 1.0, return_errors: bool = False) -> tuple:
     """Partial-OT alignment of caption-image pairs: g (B, n, d_g) grounded tokens, v (B, m, d_g) projected
     patches of each pair's image; token_mask (B, n) True on content tokens only ([CLS], [SEP] and
     padding carry no mass), patch_mask (B, m).
 
     The plan comes from the solver without a graph, so the backward pass sees <T, C> with T constant:
     by the envelope theorem that is the gradient of the OT value itself, and memory does not grow with
-    the solver's iterations. Returns the loss of each pair (B,) and the plans (B, n, m)."""
+    the solver's iterations. Returns the loss of each pair (B,) and the plans (B, n, m); with return_errors
+    also the solver's marginal error of each pair (B,), to count the plans that did not converge."""
     # The OT runs in float32 even under autocast: the cost's small differences decide the plan.
     with torch.autocast(device_type=g.device.type, enabled=False):
         cost = cosine_cost(g, v)
-        plan = solve_plan(cost.detach(), token_mask, patch_mask, mass=mass, epsilon=epsilon, solver=solver,
-                          max_iter=max_iter, tol=tol, patch_capacity=patch_capacity)
-        return ot_loss(cost, plan, mass), plan
+        plan, errors = solve_plan(cost.detach(), token_mask, patch_mask, mass=mass, epsilon=epsilon, solver=solver,
+                                  max_iter=max_iter, tol=tol, patch_capacity=patch_capacity, return_errors=True)
+        loss = ot_loss(cost, plan, mass)
+        return (loss, plan, errors) if return_errors else (loss, plan)
 
 
 def ot_hinge(matched: torch.Tensor, mismatched: torch.Tensor, margin: float) -> torch.Tensor:

@@ -7,6 +7,7 @@ iterations and their memory never grows with the iteration count.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -26,11 +27,14 @@ SOLVERS = {
 
 def solve_plan(cost: torch.Tensor, row_mask: torch.Tensor, col_mask: torch.Tensor, *,
                mass: float | torch.Tensor, epsilon: float, solver: str = "sinkhorn",
-               max_iter: int = 1000, tol: float = 1e-6, patch_capacity: float = 1.0) -> torch.Tensor:
-    """The (B, n, m) float32 plan on cost's device, detached; padded entries are exactly 0.
+               max_iter: int = 1000, tol: float = 1e-6, patch_capacity: float = 1.0,
+               return_errors: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The (B, n, m) float32 plan on cost's device, detached; padded entries are exactly 0. With
+    return_errors, (plan, marginal_error): the solver's (B,) marginal error of each pair as well, so a
+    caller can see which plans stopped at max_iter before reaching tol (the plan is the same either way).
 
     Row marginals are uniform over the unmasked rows (a_i = 1/n). Each column (patch) may take up to
-    patch_capacity / m: 1 is METHOD.md's uniform marginals; above 1 an object covering a few patches can
+    patch_capacity / m: 1 is the paper summary's uniform marginals; above 1 an object covering a few patches can
     take the mass of every word that names it instead of spilling it onto the background (the README's
     method notes). Above 1 the total mass stays s (s * min(sum a, sum b) with sum a = 1)."""
     if solver not in SOLVERS:
@@ -42,7 +46,35 @@ def solve_plan(cost: torch.Tensor, row_mask: torch.Tensor, col_mask: torch.Tenso
         cols = col_mask.to(torch.float64)
         b = patch_capacity * cols / cols.sum(dim=1, keepdim=True).clamp_min(1.0)
     result = SOLVERS[solver](cost.detach(), row_mask, col_mask, mass, epsilon, b=b, max_iter=max_iter, tol=tol)
-    return result.plan.to(device=cost.device, dtype=torch.float32)
+    plan = result.plan.to(device=cost.device, dtype=torch.float32)
+    if return_errors:
+        return plan, result.marginal_error.detach()
+    return plan
+
+
+class ConvergenceTally:
+    """Over many solves: how many plans ended with a marginal error above tol (the solver stopped at its
+    iteration cap first) and the largest error seen. A plan that did not converge is still used, so
+    without this count a too-small max_iter or eps would only show as a slightly wrong loss."""
+
+    def __init__(self, tol: float):
+        self.tol, self.plans, self.unconverged, self.worst = float(tol), 0, 0, 0.0
+
+    def add(self, errors: torch.Tensor) -> None:
+        errors = errors.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+        if not errors.numel():
+            return
+        # A non-finite error never passes the test either (NaN > tol is False, hence "not <=").
+        errors = torch.nan_to_num(errors, nan=math.inf)
+        self.plans += errors.numel()
+        self.unconverged += int((~(errors <= self.tol)).sum())
+        self.worst = max(self.worst, float(errors.max()))
+
+    def share(self) -> float:
+        return self.unconverged / max(self.plans, 1)
+
+    def result(self) -> dict:
+        return {"unconverged": self.share(), "max_marginal_error": self.worst}
 
 
 def ot_loss(cost: torch.Tensor, plan: torch.Tensor, mass: float | torch.Tensor) -> torch.Tensor:

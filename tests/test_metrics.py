@@ -94,3 +94,32 @@ def test_blockwise_scoring_equals_the_full_matrix(block):
     t2i, i2t = retrieval_ranks(model, t0, vbar, gold, block)
     assert t2i.tolist() == text_to_image_ranks(full, gold).tolist()
     assert i2t.tolist() == image_to_text_ranks(full, gold).tolist()
+
+
+# Non-finite scores: every comparison with NaN is False, so a NaN gold score used to rank 0 (a hit at R@1)
+# and an image whose own captions score NaN used to drop out of image->text. Now no rank is computed.
+NAN_GOLD = np.array([[np.nan, 0.1, 0.2], [0.3, 0.9, 0.1], [0.1, 0.2, 0.8]])
+NAN_IMAGE = np.array([[0.9, np.nan, 0.2], [0.3, np.nan, 0.1], [0.1, np.nan, 0.8]])
+
+
+@pytest.mark.parametrize("scores", [NAN_GOLD, NAN_IMAGE, np.where(NAN_GOLD != NAN_GOLD, np.inf, NAN_GOLD)])
+def test_non_finite_scores_are_an_error_not_a_hit(scores):
+    from pipeline.errors import DataError
+    gold = np.array([0, 1, 2])
+    for ranks in (text_to_image_ranks, image_to_text_ranks):
+        with pytest.raises(DataError, match="not finite"):
+            ranks(scores, gold)
+
+
+def test_non_finite_block_names_the_block_and_the_checkpoint():
+    from pipeline.errors import DataError
+    torch.manual_seed(0)
+    model = GroundingModel(6, 5, d_g=4, hidden=8).eval()
+    t0, vbar = torch.randn(11, 10), torch.randn(7, 4)
+    t0[5, 0] = float("nan")                                # caption 5, in the second block of 3
+    gold = np.array([0, 0, 1, 2, 3, 3, 3, 4, 5, 6, 6])
+    with pytest.raises(DataError) as caught:
+        retrieval_ranks(model, t0, vbar, gold, 3, source="runs/x/checkpoints/best.pt")
+    message = str(caught.value)
+    assert "runs/x/checkpoints/best.pt" in message and "checkpoint" in message
+    assert "captions 3-5 (of 11) x images 0-6" in message and "caption 5, image 0" in message

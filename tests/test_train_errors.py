@@ -125,3 +125,24 @@ def test_evaluate_writes_metrics_with_chance_levels(cache, trained, tmp_path):
     assert metrics["pointing"]["plan"]["phrase"]["trials"] == 2
     assert -1 <= metrics["collapse"]["mean_pairwise_cosine_g"] <= 1
     assert (trained / "evaluate_config.json").exists()
+
+
+def test_evaluation_solves_plans_with_its_own_settings(cache, trained, tmp_path):
+    # The same trained run, scored with the evaluation's OT settings rather than the run's: the pointing game
+    # must report (and use) them, and the common setting stays what evaluate.common says.
+    grounding = {"cap000_0": [{"start": 0, "end": 7, "text": "x", "box": [0, 0, 32, 32]}]}
+    (tmp_path / "grounding.json").write_text(json.dumps(grounding))
+    args = ["evaluate", "grounding", "--cache", str(cache), "--run", str(trained), "--grounding",
+            str(tmp_path / "grounding.json")]
+    own = json.loads(runner.invoke(app, args).stdout)["pointing"]
+    run_cfg = json.loads((trained / "config.json").read_text())["train"]
+    assert own["plan"]["settings"] == {k: run_cfg[k] for k in ("mass", "epsilon", "patch_capacity")}
+    result = runner.invoke(app, args + ["--set", "evaluate.mass=1.0", "--set", "evaluate.patch_capacity=1.0"])
+    assert result.exit_code == 0, result.output
+    changed = json.loads(result.stdout)["pointing"]
+    assert changed["plan"]["settings"] == {"mass": 1.0, "epsilon": run_cfg["epsilon"], "patch_capacity": 1.0}
+    assert changed["plan_common"]["settings"] == own["plan_common"]["settings"] == {
+        "mass": 0.5, "epsilon": 0.05, "patch_capacity": 16.0}
+    # The plan_common numbers do not depend on the evaluation's own settings.
+    assert changed["plan_common"] == own["plan_common"]
+    assert_user_error(runner.invoke(app, args + ["--set", "evaluate.mass=1.5"]), "evaluate.mass", "(0, 1]")

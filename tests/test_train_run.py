@@ -41,6 +41,10 @@ def test_two_cpu_runs_are_identical(cache, reference, tmp_path):
     assert a["step"] == b["step"] > 0
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    # The dvclive folder is a DVC output: byte-identical too (no wall-clock rates in it), so a reproduction
+    # with the same results leaves dvc.lock unchanged.
+    files = lambda root: {p.relative_to(root): p.read_bytes() for p in sorted((root / "dvclive").rglob("*")) if p.is_file()}
+    assert files(ref) == files(tmp_path) and files(ref)
 
 
 def test_resume_after_a_kill_continues_exactly(cache, reference, tmp_path, monkeypatch):

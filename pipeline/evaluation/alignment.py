@@ -19,6 +19,7 @@ from pipeline.evaluation.pointing import PointingGame
 from pipeline.evaluation.synonyms import WordTypeAverager, word_occurrences
 from pipeline.losses import mean_pairwise_cosine, ot_alignment_loss
 from pipeline.modules import MLP
+from pipeline.ot_solvers import ConvergenceTally
 from pipeline.training.engine import to_device
 from pipeline.training.reader import epoch_loader
 
@@ -44,19 +45,21 @@ def plan_settings(train_cfg: dict, overrides: dict | None = None) -> dict:
     return settings
 
 
-def solve_plans(g, v, content, settings: dict) -> torch.Tensor:
-    _, plan = ot_alignment_loss(g, v, content, torch.ones(v.shape[:2], dtype=torch.bool, device=v.device),
+def solve_plans(g, v, content, settings: dict, tally: ConvergenceTally | None = None) -> torch.Tensor:
+    """The plans at `settings`; tally, if given, counts those that stopped before reaching settings["tol"]."""
+    _, plan, errors = ot_alignment_loss(g, v, content, torch.ones(v.shape[:2], dtype=torch.bool, device=v.device),
                                 mass=settings["mass"], epsilon=settings["epsilon"], solver=settings["solver"],
                                 max_iter=settings["max_iter"], tol=settings["tol"],
-                                patch_capacity=settings["patch_capacity"])
+                                patch_capacity=settings["patch_capacity"], return_errors=True)
+    if tally is not None:
+        tally.add(errors)
     return plan
 
 
 @dataclass
 class FigureItem:
     caption_id: str
-    image_id: str
-    size: tuple[int, int]
+    size: tuple[int, int]     # (w, h) of the original image
     plan: np.ndarray          # (n, m) at the evaluation's own settings
     char_spans: np.ndarray
     content: np.ndarray
@@ -87,6 +90,10 @@ def alignment_pass(model, reader, device, *, grounding: dict | None, image_size:
         torch.manual_seed(control_seed)
         d = model.dims
         control = MLP(d["d_t"], d["hidden"], d["d_g"], d["layernorm"]).to(device).eval()
+    # Per plan map: how many of its plans stopped at max_iter, reported beside its pointing result.
+    tallies = {"plan": ConvergenceTally(settings["tol"])}
+    if common is not None:
+        tallies["plan_common"] = ConvergenceTally(common["tol"])
     collapse, batches, items = 0.0, 0, []
     for batch in epoch_loader(reader, batch_size, seed=None):
         batch = to_device(batch, device)
@@ -104,10 +111,10 @@ def alignment_pass(model, reader, device, *, grounding: dict | None, image_size:
             continue
         keep = torch.tensor(rows, device=device)
         gk, vk, ck = g[keep], v[slot[keep]], content[keep]
-        maps = {"plan": solve_plans(gk, vk, ck, settings).cpu().numpy(),
+        maps = {"plan": solve_plans(gk, vk, ck, settings, tallies["plan"]).cpu().numpy(),
                 "similarity": (F.normalize(gk, dim=-1) @ F.normalize(vk, dim=-1).transpose(1, 2)).cpu().numpy()}
         if common is not None:
-            maps["plan_common"] = solve_plans(gk, vk, ck, common).cpu().numpy()
+            maps["plan_common"] = solve_plans(gk, vk, ck, common, tallies["plan_common"]).cpu().numpy()
         spans, content_np = batch["char_spans"].cpu().numpy(), content.cpu().numpy()
         spaces = {}
         if words is not None:
@@ -123,11 +130,12 @@ def alignment_pass(model, reader, device, *, grounding: dict | None, image_size:
                 for space, vectors in spaces.items():
                     words.add(space, vectors[i], found)
             if len(items) < figures:
-                items.append(FigureItem(ids[i], reader.image_ids[image_row], size, maps["plan"][j], spans[i],
-                                        content_np[i], grounding[ids[i]]))
+                items.append(FigureItem(ids[i], size, maps["plan"][j], spans[i], content_np[i], grounding[ids[i]]))
     result = AlignmentResult(collapse=collapse / max(batches, 1), figures=items)
     if grounding is not None:
         result.pointing = {name: game.result() for name, game in games.items()}
+        for name, tally in tallies.items():
+            result.pointing[name]["ot"] = tally.result()
         result.pointing["plan"]["settings"] = _shown(settings)
         if common is not None:
             result.pointing["plan_common"]["settings"] = _shown(common)

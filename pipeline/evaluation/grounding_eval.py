@@ -14,7 +14,7 @@ from pipeline.encoders.preprocess import Preprocess
 from pipeline.errors import ConfigError
 from pipeline.evaluation.alignment import FigureItem, alignment_pass, plan_settings
 from pipeline.evaluation.figures import draw_alignment
-from pipeline.evaluation.metrics import matching_accuracy, retrieval, roc_auc
+from pipeline.evaluation.metrics import check_finite_scores, matching_accuracy, retrieval, roc_auc
 from pipeline.evaluation.pointing import box_in_crop, word_trials
 from pipeline.evaluation.scoring import encode_split, matching_pairs, retrieval_ranks
 from pipeline.runtime import pick_device
@@ -35,7 +35,8 @@ def evaluate_run(run_dir: Path, split_dir: Path, eval_cfg: dict, grounding_file:
     and images folder the cache was extracted from), also one alignment PNG per caption in figures_dir."""
     if figures and (grounding_file is None or captions_file is None or images_root is None):
         raise ConfigError("--figures needs --grounding, --captions and --images (the files the cache was made from)")
-    checkpoint = ckpt.load(ckpt.checkpoint_dir(run_dir) / ckpt.BEST)
+    best = ckpt.checkpoint_dir(run_dir) / ckpt.BEST
+    checkpoint = ckpt.load(best)
     config = checkpoint["config"]
     cfg = config["train"]
     settings = plan_settings(cfg, eval_cfg)
@@ -47,8 +48,10 @@ def evaluate_run(run_dir: Path, split_dir: Path, eval_cfg: dict, grounding_file:
     check_same_cache(reader, checkpoint["cache"], f"the cache the run {run_dir} was trained on")
 
     t0, vbar, gold = encode_split(model, reader, eval_cfg["block_size"], device)
-    t2i, i2t = retrieval_ranks(model, t0, vbar, gold, eval_cfg["block_size"])
+    t2i, i2t = retrieval_ranks(model, t0, vbar, gold, eval_cfg["block_size"], source=str(best))
     logits, labels = matching_pairs(model, t0, vbar, gold, eval_cfg["seed"])
+    # The same fault in the matching pairs: NaN > 0 is False, so a NaN logit would pass for a negative.
+    check_finite_scores(logits, "the matching pairs' logits (own image, then one other)", str(best))
     grounding = load_grounding(grounding_file) if grounding_file is not None else None
     # extract.image_size is the side the cache's images were resized and cropped to: check_against_config
     # above has matched it against the cache's fingerprint.

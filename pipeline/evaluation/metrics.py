@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from pipeline.errors import DataError
+
 
 def matching_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of pairs on the right side of the logit 0 (probability 0.5)."""
@@ -54,10 +56,31 @@ def chance_recall(candidates: int, correct: int, k: int) -> float:
     return 1.0 - math.comb(candidates - correct, k) / math.comb(candidates, k)
 
 
+def check_finite_scores(scores: np.ndarray, where: str = "the score matrix", source: str | None = None,
+                        first_row: int = 0) -> None:
+    """Raise if any caption-image score is NaN or infinite. Every comparison with NaN is False, so a NaN
+    gold score would rank first (a hit at R@1) and a NaN image would drop out of image->text unnoticed:
+    no metric is computed from such scores. `where` names the block (captions x images), `source` the
+    checkpoint that produced it, `first_row` the block's first caption, so the message points at an entry."""
+    scores = np.asarray(scores)
+    bad = ~np.isfinite(scores)
+    if not bad.any():
+        return
+    first = np.argwhere(bad)[0]
+    at = (f"caption {first_row + int(first[0])}, image {int(first[1])}" if scores.ndim == 2
+          else f"entry {first_row + int(first[0])}")
+    producer = "the run's checkpoint" if source is not None else "the model"
+    raise DataError(f"{int(bad.sum())} of {scores.size} scores are not finite (the first, at {at}, is "
+                    f"{scores[tuple(first)]}): {producer} produced NaN or inf scores, so no rank or recall can be "
+                    f"computed from them. Check the checkpoint (a run that diverged) and the cache's features "
+                    f"(`groundedbert cache verify`).", file=None if source is None else str(source), item=where)
+
+
 def text_to_image_ranks(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
     """scores (C, N), gold (C,) the column of each caption's image -> 0-based rank of the gold image,
-    counting every other image that scores at least as high."""
+    counting every other image that scores at least as high. Non-finite scores raise DataError."""
     scores = np.asarray(scores)
+    check_finite_scores(scores)
     gold_scores = scores[np.arange(len(gold)), gold]
     ahead = (scores >= gold_scores[:, None]).sum(1) - 1
     return ahead
@@ -74,8 +97,10 @@ def best_own_scores(gold_scores: np.ndarray, gold: np.ndarray, n_images: int) ->
 def image_to_text_ahead(scores: np.ndarray, gold: np.ndarray, best_own: np.ndarray) -> np.ndarray:
     """For a block of captions, scores (c, N) and their images gold (c,): how many of them are someone
     else's caption scoring at least as high as each image's best own caption. Summed over blocks, this
-    is each image's 0-based image->text rank, so all C x N scores never need to be held at once."""
+    is each image's 0-based image->text rank, so all C x N scores never need to be held at once.
+    Non-finite scores raise DataError (best_own is -inf, legitimately, for an image without captions)."""
     scores = np.asarray(scores)
+    check_finite_scores(scores)
     own = np.zeros_like(scores, dtype=bool)
     own[np.arange(len(gold)), gold] = True
     return ((scores >= best_own[None, :]) & ~own).sum(0)
@@ -83,8 +108,10 @@ def image_to_text_ahead(scores: np.ndarray, gold: np.ndarray, best_own: np.ndarr
 
 def image_to_text_ranks(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
     """scores (C, N), gold (C,) -> for each image that has captions, the 0-based rank of its best own
-    caption among all C captions (its other captions do not count against it)."""
+    caption among all C captions (its other captions do not count against it). Non-finite scores raise
+    DataError: a NaN gold score would otherwise leave its image out of the ranks without a word."""
     scores = np.asarray(scores)
+    check_finite_scores(scores)
     best = best_own_scores(scores[np.arange(len(gold)), gold], gold, scores.shape[1])
     return image_to_text_ahead(scores, gold, best)[np.isfinite(best)]
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.evaluation.metrics import best_own_scores, image_to_text_ahead, text_to_image_ranks
+from pipeline.evaluation.metrics import (best_own_scores, check_finite_scores, image_to_text_ahead,
+                                         text_to_image_ranks)
 
 
 @torch.no_grad()
@@ -40,20 +41,31 @@ def score_block(model, t0: torch.Tensor, vbar: torch.Tensor, block: int) -> np.n
                      dim=1).float().cpu().numpy()
 
 
-def retrieval_ranks(model, t0: torch.Tensor, vbar: torch.Tensor, gold: np.ndarray, block: int):
-    """0-based text->image rank of every caption and image->text rank of every image with captions."""
+def retrieval_ranks(model, t0: torch.Tensor, vbar: torch.Tensor, gold: np.ndarray, block: int,
+                    source: str | None = None):
+    """0-based text->image rank of every caption and image->text rank of every image with captions.
+    source: the checkpoint the model came from, named in the error if a block has a non-finite score."""
     n_images = vbar.shape[0]
     t2i, gold_scores = [], []
     for i in range(0, len(gold), block):
         scores = score_block(model, t0[i:i + block], vbar, block)
+        # Checked here, where the block is known, before the metrics' own check with its vaguer message.
+        check_finite_scores(scores, _block_name(i, len(scores), len(gold), n_images), source, first_row=i)
         g = gold[i:i + block]
         t2i.append(text_to_image_ranks(scores, g))
         gold_scores.append(scores[np.arange(len(g)), g])
     best = best_own_scores(np.concatenate(gold_scores), gold, n_images)
     ahead = np.zeros(n_images, dtype=np.int64)
     for i in range(0, len(gold), block):
-        ahead += image_to_text_ahead(score_block(model, t0[i:i + block], vbar, block), gold[i:i + block], best)
+        # The second pass computes the same scores again; checked again (cheap) rather than trusted.
+        scores = score_block(model, t0[i:i + block], vbar, block)
+        check_finite_scores(scores, _block_name(i, len(scores), len(gold), n_images), source, first_row=i)
+        ahead += image_to_text_ahead(scores, gold[i:i + block], best)
     return np.concatenate(t2i), ahead[np.isfinite(best)]
+
+
+def _block_name(first: int, rows: int, n_captions: int, n_images: int) -> str:
+    return f"captions {first}-{first + rows - 1} (of {n_captions}) x images 0-{n_images - 1}"
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses import (matching_bce, mean_pairwise_cosine, ot_alignment_loss, ot_hinge, pick_negatives,
                              token_contrastive)
+from pipeline.ot_solvers import ConvergenceTally
 from pipeline.training.schedule import learning_rate, set_learning_rate
 
 
@@ -39,9 +40,10 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, amp, with_ot: bool, *,
-                   class_token: bool) -> dict:
+                   class_token: bool, ot_tally: ConvergenceTally | None = None) -> dict:
     """The losses of one batch (already on the device), as 0-dim tensors. `class_token`: the reader's
-    (is prefix token 0 a class token?), required so that no caller guesses."""
+    (is prefix token 0 a class token?), required so that no caller guesses. ot_tally, if given, counts
+    the batch's OT plans (matched and hinge pairs) that stopped before reaching train.ot_tol."""
     slot, content = batch["image_slot"], batch["content_mask"]
     with amp:
         p0 = model.global_token(batch["prefix"], batch["patches"], class_token=class_token)
@@ -64,12 +66,14 @@ def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, am
         # With the hinge on, each caption is also aligned with its first negative image; both sets of
         # problems go to the solver as one batch.
         neg_rows = rows[mask[rows, 0]] if cfg["ot_hinge_weight"] > 0 else rows[:0]
-        per_pair, _ = ot_alignment_loss(
+        per_pair, _, errors = ot_alignment_loss(
             torch.cat([g[rows], g[neg_rows]]), torch.cat([v[slot[rows]], v[idx[neg_rows, 0]]]),
             torch.cat([content[rows], content[neg_rows]]),
             torch.ones(len(rows) + len(neg_rows), v.shape[1], dtype=torch.bool, device=v.device),
             mass=cfg["mass"], epsilon=cfg["epsilon"], solver=cfg["ot_solver"], max_iter=cfg["ot_max_iter"],
-            tol=cfg["ot_tol"], patch_capacity=cfg["patch_capacity"])
+            tol=cfg["ot_tol"], patch_capacity=cfg["patch_capacity"], return_errors=True)
+        if ot_tally is not None:
+            ot_tally.add(errors)
         matched = per_pair[: len(rows)]
         out["ot"] = matched.mean()
         out["loss"] = out["loss"] + cfg["lambda_ot"] * out["ot"]
@@ -84,12 +88,14 @@ def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, am
 
 def train_one_epoch(model, loader, optimizer, cfg: dict, device, state: dict, generator, live=None,
                     total_captions: int | None = None, *, class_token: bool) -> dict:
-    """Run one epoch; `state` carries step and total_steps across epochs. Returns epoch means and the
-    fraction of the epoch's wall time spent waiting for data."""
+    """Run one epoch; `state` carries step and total_steps across epochs. Returns epoch means, the
+    fraction of the epoch's wall time spent waiting for data and, with the OT on, the share of the epoch's
+    plans that did not reach train.ot_tol (ot_unconverged) and the largest marginal error."""
     model.train()
     amp = amp_context(device, cfg["amp"])
     with_ot = cfg["lambda_ot"] > 0
     sums, items, wait = {}, 0, 0.0
+    tally = ConvergenceTally(cfg["ot_tol"])
     bar = tqdm(total=total_captions, unit="cap", desc=f"epoch {state['epoch']}", mininterval=1.0,
                file=sys.stderr, dynamic_ncols=True, disable=None)
     start = tick = time.perf_counter()
@@ -98,7 +104,7 @@ def train_one_epoch(model, loader, optimizer, cfg: dict, device, state: dict, ge
         batch = to_device(batch, device)
         lr = learning_rate(state["step"], state["total_steps"], cfg["lr"], cfg["warmup_steps"])
         set_learning_rate(optimizer, lr)
-        losses = forward_losses(model, batch, cfg, generator, amp, with_ot, class_token=class_token)
+        losses = forward_losses(model, batch, cfg, generator, amp, with_ot, class_token=class_token, ot_tally=tally)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             raise TrainingError(_nan_message(state, losses))
@@ -126,6 +132,8 @@ def train_one_epoch(model, loader, optimizer, cfg: dict, device, state: dict, ge
     bar.close()
     elapsed = time.perf_counter() - start
     means = {k: v / max(items, 1) for k, v in sums.items()}
+    if tally.plans:   # counts, not batch means: a share of plans and a maximum
+        means.update(ot_unconverged=tally.share(), ot_max_marginal_error=tally.worst)
     means.update(items_per_s=items / max(elapsed, 1e-9), data_wait_fraction=wait / max(elapsed, 1e-9))
     return means
 
