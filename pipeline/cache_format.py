@@ -202,6 +202,35 @@ def prefix_has_class_token(attrs) -> bool:
     return int(attrs.get("num_prefix_tokens", 0)) > 0 and bool(attrs.get("class_token", 1))
 
 
+def image_shard_properties(attrs) -> dict:
+    """The split-wide properties an image shard records, which every shard of a split must share."""
+    try:
+        return {"grid": (int(attrs["grid_h"]), int(attrs["grid_w"])),
+                "num_prefix_tokens": int(attrs.get("num_prefix_tokens", 0)),
+                "class_token": prefix_has_class_token(attrs)}
+    except KeyError as e:
+        raise CacheError(f"corrupt image shard, attribute missing: {e}") from e
+
+
+def check_shards_agree(paths: list[Path], attrs: list) -> dict:
+    """The first image shard's attributes, once every other shard records the same patch grid, prefix
+    length and class-token flag; otherwise a CacheError naming both files and the field."""
+    if not attrs:
+        return {}
+    props = []
+    for path, a in zip(paths, attrs):
+        try:
+            props.append(image_shard_properties(a))
+        except CacheError as e:
+            raise CacheError(f"file {path}: {e}") from e
+    for path, p in zip(paths[1:], props[1:]):
+        for field, value in p.items():
+            if value != props[0][field]:
+                raise CacheError(f"file {path}: image shards disagree on {field}: {value!r} here, "
+                                 f"{props[0][field]!r} in {paths[0]}")
+    return attrs[0]
+
+
 def open_manifest(split_dir: Path) -> dict:
     """The manifest of a complete cache, or a clear error saying what is missing."""
     split_dir = Path(split_dir)
@@ -215,7 +244,8 @@ def open_manifest(split_dir: Path) -> dict:
 
 
 def shard_files(split_dir: Path, manifest: dict, modality: str) -> list[Path]:
-    return [Path(split_dir) / s["file"] for s in manifest["shards"][modality]]
+    """The modality's shards (none when the cache was extracted without that modality)."""
+    return [Path(split_dir) / s["file"] for s in manifest.get("shards", {}).get(modality, [])]
 
 
 def _read_shard(path: Path, names: tuple[str, ...]) -> dict:
@@ -255,10 +285,11 @@ def load_text(split_dir: Path) -> TextSplit:
 def load_images(split_dir: Path) -> ImageSplit:
     manifest = open_manifest(split_dir)
     names = ("patches", "prefix", "image_ids", "sizes")
-    parts = [_read_shard(p, names) for p in shard_files(split_dir, manifest, "image")]
+    paths = shard_files(split_dir, manifest, "image")
+    parts = [_read_shard(p, names) for p in paths]
     if not parts:
         raise CacheError(f"file {Path(split_dir) / MANIFEST}: the split has no images")
-    a = parts[0]["attrs"]
+    a = check_shards_agree(paths, [p["attrs"] for p in parts])
     return ImageSplit(
         patches=np.concatenate([p["patches"] for p in parts]),
         prefix=np.concatenate([p["prefix"] for p in parts]),

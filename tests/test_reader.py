@@ -158,3 +158,41 @@ def test_split_without_captions(tmp_path):
     make_split(tmp_path / "s", n_images=0)
     with pytest.raises(CacheError, match="no captions"):
         SplitReader(tmp_path / "s")
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.0])
+@pytest.mark.parametrize("field, changes", [("grid", {"grid": (2, 8)}),
+                                             ("class_token", {"class_token": False})])
+def test_image_shards_that_disagree_name_both_files_and_the_field(tmp_path, budget, field, changes):
+    from pipeline.cache_format import write_image_shard
+
+    data = make_split(tmp_path / "s", n_images=6, shard_size=3)           # image shards 00000 and 00001
+    kwargs = dict(patches=data["patches"][3:], prefix=data["prefix"][3:], image_ids=data["image_ids"][3:],
+                  sizes=data["sizes"][3:], grid=(4, 4), num_prefix_tokens=1, storage_dtype="float16")
+    write_image_shard(tmp_path / "s" / "image" / "00001.h5", **{**kwargs, **changes})
+    with pytest.raises(CacheError, match=rf"image/00001\.h5.*{field}.*image/00000\.h5"):
+        SplitReader(tmp_path / "s", memory_budget_gb=budget)
+
+
+def test_prefetch_stops_when_the_consumer_does():
+    import threading
+    import time
+
+    from pipeline.training.reader import prefetch
+
+    before = set(threading.enumerate())
+    produced = []
+
+    def endless():
+        for i in range(10**9):
+            produced.append(i)
+            yield i
+
+    batches = prefetch(endless(), depth=2)
+    assert [next(batches), next(batches)] == [0, 1]
+    (producer,) = set(threading.enumerate()) - before
+    batches.close()                                   # what a `break` or an exception in the step does
+    producer.join(timeout=1.0)
+    assert not producer.is_alive()
+    time.sleep(0.1)
+    assert len(produced) <= 6                         # it stopped, it did not run on in the background

@@ -146,3 +146,21 @@ def test_evaluation_solves_plans_with_its_own_settings(cache, trained, tmp_path)
     # The plan_common numbers do not depend on the evaluation's own settings.
     assert changed["plan_common"] == own["plan_common"]
     assert_user_error(runner.invoke(app, args + ["--set", "evaluate.mass=1.5"]), "evaluate.mass", "(0, 1]")
+
+
+def test_text_only_cache(tmp_path):
+    # What `groundedbert extract --modality text` leaves: a manifest that plans no image shards at all.
+    from pipeline.cache_format import read_json, write_json_atomic
+
+    make_cache(tmp_path / "c")
+    for name in ("plan.json", "manifest.json"):
+        path = tmp_path / "c" / "train" / name
+        manifest = read_json(path)
+        del manifest["shards"]["image"]
+        manifest["fingerprint"]["modalities"] = ["text"]
+        write_json_atomic(path, manifest)
+    shutil.rmtree(tmp_path / "c" / "train" / "image")
+    result = train(tmp_path / "c", tmp_path / "run")
+    assert_user_error(result, "c/train", "no image features")
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "no image features" in error[0] and "KeyError" not in result.output, result.output

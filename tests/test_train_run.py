@@ -148,3 +148,31 @@ def test_step_losses_follow_the_knobs(cache):
     # Hard negatives: the highest-scoring wrong image is at least as hard as a random one.
     hard, rand = losses(negative_mode="hard", lambda_ot=0.0), losses(negative_mode="random", lambda_ot=0.0)
     assert hard["match"].item() >= rand["match"].item() - 1e-6
+
+
+def test_resume_after_a_kill_mid_epoch_logs_each_step_once(cache, reference, tmp_path, monkeypatch):
+    # Killed inside epoch two, after steps 4 and 5 were logged but with last.pt still at step 4: the resumed
+    # run logs steps 4 and 5 again, and the plots must hold each step once, exactly as an unbroken run's.
+    ref, _ = reference
+    calls = {"n": 0}
+    real_bce = engine.matching_bce
+
+    def die_in_epoch_two(*args):
+        if torch.is_grad_enabled():   # a training step, not validation
+            calls["n"] += 1
+            if calls["n"] == 7:       # epoch one has 4 steps; steps 4 and 5 of epoch two went through
+                raise KeyboardInterrupt
+        return real_bce(*args)
+
+    monkeypatch.setattr(engine, "matching_bce", die_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(cache, tmp_path)
+    assert weights(tmp_path)["step"] == 4
+    monkeypatch.setattr(engine, "matching_bce", real_bce)
+    assert run(cache, tmp_path)["resumed"]
+    plots = tmp_path / "dvclive/plots/metrics"
+    for tsv in plots.rglob("*.tsv"):
+        steps = [int(line.split("\t")[0]) for line in tsv.read_text().splitlines()[1:]]
+        assert steps == sorted(set(steps)), tsv          # strictly increasing: no step twice
+        # Same rows as the run that was never killed (it resumes exactly, so the values agree too).
+        assert tsv.read_bytes() == (ref / "dvclive/plots/metrics" / tsv.relative_to(plots)).read_bytes(), tsv

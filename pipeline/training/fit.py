@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from dvclive import Live
 
+from pipeline.cache_format import atomic_path
 from pipeline.config import save_resolved
 from pipeline.errors import TrainingError
 from pipeline.modules import GroundingModel
@@ -35,6 +36,41 @@ def open_splits(cache_root: Path, config: dict, splits=("train", "val")) -> dict
         check_against_config(reader, config["extract"])
         check_same_cache(reader, identity(first.fingerprint), f"the {splits[0]} split")
     return readers
+
+
+STEP_PLOTS = "train/step"   # engine.train_one_epoch's per-step metrics
+
+
+def rewind_live(live_dir: Path, step: int) -> None:
+    """Drop the dvclive plot rows a killed run wrote after its last checkpoint (at optimizer step `step`),
+    which the resumed run is about to log again. dvclive's `resume=True` only appends, so without this a
+    run killed mid-epoch has those steps twice. The epoch's own rows (val/*, train/epoch/*, epoch) are
+    logged at the step its last batch ended on, before the checkpoint: kept while <= step; per-step rows
+    are logged at the step they start from, so the checkpoint covers those < step."""
+    metrics = Path(live_dir) / "plots" / "metrics"
+    for tsv in sorted(metrics.rglob("*.tsv")) if metrics.is_dir() else []:
+        per_step = tsv.relative_to(metrics).as_posix().startswith(STEP_PLOTS + "/")
+        lines = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
+        if not lines:
+            continue
+        header = lines[0].rstrip("\r\n").split("\t")
+        if "step" not in header:
+            continue
+        column = header.index("step")
+        keep = [lines[0]]
+        for line in lines[1:]:
+            if not line.endswith("\n"):       # the kill landed mid-row
+                continue
+            fields = line.rstrip("\r\n").split("\t")
+            try:
+                row_step = int(fields[column])
+            except (IndexError, ValueError):
+                continue
+            if row_step < step or (row_step == step and not per_step):
+                keep.append(line)
+        if len(keep) != len(lines):
+            with atomic_path(tsv) as tmp:
+                Path(tmp).write_text("".join(keep), encoding="utf-8")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.AdamW:
@@ -94,6 +130,8 @@ def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log, epoch
         f"({'in memory' if train_reader.in_memory else 'streaming'}, {train_reader.nbytes / 2**20:.1f} MiB); "
         f"val: {val_reader.num_captions} captions; device {device}")
 
+    if resumed:
+        rewind_live(out_dir / "dvclive", state["step"])
     live = Live(str(out_dir / "dvclive"), resume=resumed, save_dvc_exp=False, dvcyaml=None)
     live.step = state["step"]
     stopped_early = bad_epochs >= cfg["patience"]
