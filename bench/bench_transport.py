@@ -2,8 +2,9 @@
 
     python bench/bench_transport.py            # the full run (about a minute on 2 CPU cores)
     python bench/bench_transport.py --quick    # 128 pairs of 20x256 only
-    git show HEAD:pipeline/transport.py > /tmp/old_transport.py
-    python bench/bench_transport.py --quick --compare /tmp/old_transport.py   # and old vs new, interleaved
+    mkdir /tmp/old && git archive HEAD pipeline | tar -x -C /tmp/old
+    python bench/bench_transport.py --quick --compare /tmp/old   # and old vs new, interleaved
+    python bench/bench_transport.py --budget   # the iteration budget: fixed vs grown with spread / eps
 
 The problem: eps = 0.05, s = 0.5, uniform marginals, float32, tol = 1e-6, costs 1 - cos(g_i, v_j)
 between random 128-d token and patch vectors, each patch leaning towards one token (so the plan has
@@ -14,7 +15,7 @@ a sum measured here (a large tensor, so DRAM; and one the size of K, so cache, w
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import math
 import os
 import platform
@@ -32,8 +33,9 @@ import ot  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.ot_reference import primal_marginal_error  # noqa: E402
 from pipeline.transport import partial_ot  # noqa: E402
+from pipeline.transport.solver import ITERS_PER_SPREAD  # noqa: E402
+from pipeline.transport.reference import primal_marginal_error  # noqa: E402
 
 EPS, MASS, TOL, DIM = 0.05, 0.5, 1e-6, 128
 CONFIGS = [(128, 20, 256), (128, 20, 196), (64, 20, 256), (512, 20, 256)]
@@ -113,13 +115,23 @@ def bench_fast(batch, n, m, device, repeats, tol=TOL, compiled=False):
                 converged=result.converged)
 
 
-def load_solver(path):
-    """partial_ot from another copy of transport.py (say the last commit's), to time against this one."""
-    spec = importlib.util.spec_from_file_location("transport_compared", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module.partial_ot
+def load_solver(root):
+    """partial_ot from another checkout of the project (say the last commit's), to time against this one.
+
+    Its `pipeline` package is imported under the same name, then this checkout's modules are put back;
+    the function keeps the other checkout's modules as its globals. Both layouts export it as
+    `pipeline.transport.partial_ot` (a module before the package)."""
+    ours = {name: module for name, module in sys.modules.items() if name == "pipeline" or name.startswith("pipeline.")}
+    for name in ours:
+        del sys.modules[name]
+    sys.path.insert(0, str(Path(root).resolve()))
+    try:
+        return importlib.import_module("pipeline.transport").partial_ot
+    finally:
+        sys.path.pop(0)
+        for name in [n for n in sys.modules if n == "pipeline" or n.startswith("pipeline.")]:
+            del sys.modules[name]
+        sys.modules.update(ours)
 
 
 def compare(batch, n, m, other, repeats):
@@ -141,6 +153,50 @@ def compare(batch, n, m, other, repeats):
                         (outputs["this"].cost - outputs["other"].cost).abs().max().item())
     torch.set_num_threads(threads)
     return found
+
+
+def bench_budget(batch, n, m, repeats):
+    """Per eps, the training problem under a fixed 1000-sweep budget, under the budget solve_plan uses
+    (ITERS_PER_SPREAD x spread / eps, at least 1000) and under that budget with eps-scaling, called
+    alternately: best wall time, sweeps, the worst marginal error. At eps = 0.05 the first two differ only
+    by the spread's one pass and host sync."""
+    cost, rows, cols = training_costs(batch, n, m)
+    spread = (cost.amax(dim=(1, 2)) - cost.amin(dim=(1, 2))).max().item()
+    print(f"\n{batch} pairs of {n}x{m}, cost spread {spread:.2f}, s={MASS}, tol={TOL}, max_iter=1000, "
+          f"{torch.get_num_threads()} thread(s), best of {repeats}, interleaved:")
+    for eps in (0.05, 0.01, 0.002):
+        budgets = {"fixed": (0, False), "grown": (ITERS_PER_SPREAD, False),
+                   "grown, eps-scaled": (ITERS_PER_SPREAD, True)}
+        best, results = {name: math.inf for name in budgets}, {}
+        for round_ in range(repeats + 1):  # round 0 warms up
+            for name, (per_spread, scaled) in budgets.items():
+                wall = time.perf_counter()
+                results[name] = partial_ot(cost, rows, cols, MASS, eps, tol=TOL, max_iter=1000,
+                                           iters_per_spread=per_spread, eps_scaling=scaled)
+                if round_:
+                    best[name] = min(best[name], time.perf_counter() - wall)
+        for name in budgets:
+            r = results[name]
+            print(f"  eps={eps:<5} {name + ' budget:':25} {best[name] * 1e3:8.2f} ms, {r.iterations:5d} sweeps, "
+                  f"converged {r.converged}, worst marginal error {r.marginal_error.max().item():.1e}")
+
+
+def sweeps_per_spread():
+    """What ITERS_PER_SPREAD rests on: sweeps to reach tol, divided by spread / eps, on random costs in [0, 1]
+    (float32, one pair at a time, the budget unlimited), the worst over 4 seeds and 3 shapes per (s, eps)."""
+    print("\nsweeps / (spread / eps) to converge, worst of 4 seeds x (12x49, 20x256, 5x9), random costs in [0, 1]:")
+    for mass in (0.3, 0.5, 0.9):
+        worst = {}
+        for eps in (1e-3, 1e-2):
+            for seed in range(4):
+                for n, m in ((12, 49), (20, 256), (5, 9)):
+                    generator = torch.Generator().manual_seed(seed)
+                    cost = torch.rand(1, n, m, generator=generator, dtype=torch.float64)
+                    rows, cols = torch.ones(1, n, dtype=torch.bool), torch.ones(1, m, dtype=torch.bool)
+                    result = partial_ot(cost.float(), rows, cols, mass, eps, tol=TOL, max_iter=100_000)
+                    ratio = (cost.max() - cost.min()).item() / eps
+                    worst[eps] = max(worst.get(eps, 0.0), result.iterations / ratio)
+        print(f"  s={mass}: " + ", ".join(f"eps={eps:g}: {value:.1f}" for eps, value in worst.items()))
 
 
 def relative_cost_error(costs, batch, n, m, pairs):
@@ -184,12 +240,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only 128 pairs of 20x256")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--compare", type=Path, help="another transport.py, timed against this one, interleaved")
+    parser.add_argument("--compare", type=Path, help="the root of another checkout, its solver timed against this one, interleaved")
+    parser.add_argument("--budget", action="store_true", help="only the iteration budget's timings")
     parser.add_argument("--entropic-pairs", type=int, default=128,
                         help="POT entropic pairs timed per config; the rest extrapolated")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     print(machine())
+    if args.budget:
+        bench_budget(*CONFIGS[0], args.repeats)
+        sweeps_per_spread()
+        print(f"\nload average at the end: {os.getloadavg()}")
+        return
     threads = torch.get_num_threads()
     bandwidth = memory_bandwidth()
     for label, (copy, total) in bandwidth.items():

@@ -39,6 +39,25 @@ class TrainingError(GroundedBertError):
     pass
 
 
+class ExportError(GroundedBertError):
+    """An exported encoder folder that is incomplete, from another format version, or inconsistent."""
+
+
+class DiskFullError(GroundedBertError):
+    """A write that did not fit: the folder, the bytes it needed (None when a library wrote on its own) and the
+    bytes free. What was written before it (shards, checkpoints) is complete and kept."""
+
+    def __init__(self, folder, needed: int | None, free: int, what: str = "a write"):
+        self.folder, self.needed, self.free = str(folder), needed, free
+        need = f"needs {needed:,} bytes" if needed is not None else "did not fit"
+        super().__init__(f"folder {folder}: disk full: {what} {need}, {free:,} bytes free; free some space "
+                         f"(or use another folder) and run the same command again, which keeps what was completed")
+
+
+class FolderBusyError(GroundedBertError):
+    """Another live process holds the folder's lock (pipeline/io/locks.py)."""
+
+
 class BadItems:
     """The --on-error policy: 'fail' raises at the first bad item, 'skip' records it and goes on."""
 

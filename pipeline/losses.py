@@ -1,4 +1,4 @@
-"""The training losses (README, Stage two) and the collapse statistic, each a small pure function.
+"""The training losses (docs/method.md) and the collapse statistic, each a small pure function.
 
 - matching: binary cross-entropy on f_c's logit, each positive with `k` negatives from the batch;
 - alignment: partial optimal transport between a caption's content tokens and its image's patches,
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.ot_solvers import ot_loss, solve_plan
+from pipeline.transport import ot_loss, solve_plan
 
 
 # ----------------------------------------------------------------------------- matching
@@ -87,8 +87,8 @@ def ot_hinge(matched: torch.Tensor, mismatched: torch.Tensor, margin: float) -> 
 
     The alignment loss alone is minimised by collapse: when f_g and f_v map everything to one direction
     every cost is 0. Asking a caption's own image to be cheaper to reach than another image's by a
-    margin is only satisfiable if g and v keep the information that tells images apart (METHOD.md's
-    collapse knob)."""
+    margin is only satisfiable if g and v keep the information that tells images apart (the collapse
+    knob of docs/method.md)."""
     return torch.relu(margin + matched - mismatched).mean()
 
 

@@ -23,6 +23,15 @@ def friendly_errors(fn):
         except GroundedBertError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
+        except OSError as e:   # a full disk where no DiskFullError was raised: still one line (pipeline/io/disk.py)
+            from pipeline.io.disk import free_bytes, is_disk_full
+
+            if not is_disk_full(e):
+                raise
+            where = Path(e.filename).parent if e.filename else Path.cwd()
+            typer.secho(f"error: folder {where}: disk full ({e.strerror}), {free_bytes(where):,} bytes free; free some "
+                        "space and run the same command again", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
     return wrapper
 
 

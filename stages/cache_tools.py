@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cache.info import cache_info, find_splits
+from pipeline.cache.verify import verify_cache
 from pipeline.errors import CacheError
-from pipeline.extraction.info import cache_info, find_splits
-from pipeline.extraction.verify import verify_cache
 from stages._common import friendly_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -39,6 +39,8 @@ def info(dir: DirArg) -> None:
         i = cache_info(split_dir)
         state = "complete" if i["complete"] else "INCOMPLETE (rerun the same extract command to finish)"
         typer.echo(f"{i['split']}: {state}  [{i['path']}]")
+        if "fixture" in i:
+            typer.echo(f"  NOT A DATASET: {i['fixture']['note']} (seed {i['fixture']['seed']})")
         typer.echo(f"  format v{i['format_version']}, storage {i['storage_dtype']}, compute {i['compute_dtype']}, "
                    f"shard size {i['shard_size']}")
         ids = i["split_ids"]
@@ -63,6 +65,30 @@ def info(dir: DirArg) -> None:
             typer.echo(f"  report: {rep['skipped_captions']} captions and {rep['skipped_images']} images skipped, "
                        f"{rep['captions_of_skipped_images']} captions dropped with their image, "
                        f"{rep['truncated_captions']} captions truncated")
+
+
+@app.command(help="Write a cache of random float16 features in the real format, for benches (not a dataset).")
+@friendly_errors
+def fixture(
+    out: Annotated[Path, typer.Argument(help="New split folder to write (e.g. /tmp/scale/train).")],
+    images: Annotated[int, typer.Option(help="Unique images.")],
+    captions_per_image: Annotated[int, typer.Option(help="Captions of each image.")] = 5,
+    tokens: Annotated[int, typer.Option(help="Mean tokens per caption, [CLS] and [SEP] included.")] = 16,
+    text_dim: Annotated[int, typer.Option(help="Width of the token states.")] = 384,
+    image_dim: Annotated[int, typer.Option(help="Width of the patch tokens.")] = 384,
+    grid: Annotated[int, typer.Option(help="Patch grid side (16 = 256 patches, as ViT-S/14 at 224).")] = 16,
+    prefix: Annotated[int, typer.Option(help="Prefix tokens per image (class token first).")] = 1,
+    shard_size: Annotated[int, typer.Option(help="Items per shard.")] = 1024,
+    seed: Annotated[int, typer.Option(help="Seed of the random features.")] = 0,
+) -> None:
+    from pipeline.extraction.scale_fixture import write_scale_fixture
+
+    manifest = write_scale_fixture(out, images=images, captions_per_image=captions_per_image, tokens=tokens,
+                                   text_dim=text_dim, image_dim=image_dim, grid=(grid, grid), prefix=prefix,
+                                   shard_size=shard_size, seed=seed, log=typer.echo)
+    size = sum((out / e["file"]).stat().st_size for m in manifest["shards"].values() for e in m)
+    typer.echo(f"{out}: {images} images, {images * captions_per_image} captions, {_size(size)} of random "
+               f"features (scale fixture, not a dataset)")
 
 
 @app.command(help="Check every shard against the manifest; exit 1 listing the problems.")

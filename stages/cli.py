@@ -7,6 +7,7 @@
     groundedbert cache info|verify DIR          inspect / check a cache
     groundedbert train ...                      stage two: train the MLPs from the cache
     groundedbert evaluate grounding|glue|squad  measure a trained run
+    groundedbert export --run RUN --out DIR     a trained run as a folder that loads offline (docs/encoder_api.md)
     groundedbert plots template PATH            the offline HTML template of `dvc plots show`
 
 Each stage module also runs on its own, with the same commands and options, e.g. `python -m stages.train
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import typer
 
-from stages import cache_tools, data, downstream, evaluate, extract, plots, train, weights
+from stages import cache_tools, data, downstream, evaluate, export, extract, plots, train, weights
 from stages._common import before_every_command
 
 app = typer.Typer(help="GroundedBERT: frozen-encoder feature cache + grounding module training.",
@@ -41,6 +42,7 @@ app.add_typer(weights.app, name="weights", help="Offline encoder weights.")
 app.command("extract", help="Stage one: run the frozen encoders once and cache their features.")(extract.extract)
 app.add_typer(cache_tools.app, name="cache", help="Inspect and verify feature caches.")
 app.command("train", help="Stage two: train the grounding module, image projection and matcher from a cache.")(train.train)
+app.command("export", help="A trained run as a folder GroundedEncoder.from_pretrained loads offline.")(export.export)
 app.add_typer(evaluate.app, name="evaluate", help="Evaluate a trained run: grounding, GLUE, SQuAD.")
 app.add_typer(plots.app, name="plots", help="`dvc plots show` output: the offline HTML template.")
 

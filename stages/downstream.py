@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.config import resolve, save_resolved
+from pipeline.config import resolve, save_resolved, validate_section
 from stages._common import ConfigOpt, SetOpt, friendly_errors
 
 ModeOpt = Annotated[str, typer.Option(help="probe: frozen encoder, cached states, train the head; "
@@ -28,24 +28,18 @@ OutOpt = Annotated[Path, typer.Option(help="Folder for comparison.json and compa
 
 
 def _setup(run: Path, config, overrides, *, seeds, pooling, max_length_key: str):
-    """Resolved config, the downstream section, the run's text encoder and its f_g."""
-    from pipeline.encoders import load_text_encoder
-    from pipeline.errors import ConfigError
+    """Resolved config, the downstream section, the run's text encoder and its f_g: loaded as
+    GroundedEncoder.from_run loads them (one loader), so a probe and a user get the same vectors."""
+    from pipeline.grounded.encoder import load_run_encoder
     from pipeline.runtime import pick_device
-    from pipeline.training.checkpoint import load_run
 
     resolved = resolve(config, overrides or [])
     cfg = resolved["downstream"]
-    if pooling is not None:
-        cfg["pooling"] = pooling
-    model, run_config = load_run(run)
-    ex = run_config["extract"]
-    encoder = load_text_encoder(ex["text_model"], layer=ex["text_layer"], max_length=cfg[max_length_key],
-                                device=pick_device(cfg["device"]), compute_dtype=ex["compute_dtype"])
-    d_in = model.f_g[0].in_features
-    if d_in != encoder.dim:
-        raise ConfigError(f"run {run}: its f_g reads {d_in}-wide states but {ex['text_model']!r} gives {encoder.dim}")
-    return resolved, cfg, encoder, model.f_g, (seeds if seeds is not None else cfg["seeds"]), ex
+    if pooling is not None:   # checked like the configuration, before the run and the encoder load
+        cfg = resolved["downstream"] = validate_section("downstream", {**cfg, "pooling": pooling}, "from --pooling")
+    encoder, f_g, checkpoint = load_run_encoder(run, max_length=cfg[max_length_key], device=pick_device(cfg["device"]))
+    ex = checkpoint["config"]["extract"]
+    return resolved, cfg, encoder, f_g, (seeds if seeds is not None else cfg["seeds"]), ex
 
 
 def _finish(out: Path, payload: dict, resolved: dict, run: Path, ex: dict) -> None:

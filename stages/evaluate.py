@@ -18,9 +18,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cache_format import write_json_atomic
 from pipeline.config import resolve, save_resolved
 from pipeline.errors import ConfigError
+from pipeline.io.atomic import write_json_atomic
 from stages._common import ConfigOpt, SetOpt, friendly_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -40,6 +40,7 @@ def grounding(
     set: SetOpt = None,
 ) -> None:
     from pipeline.evaluation.grounding_eval import evaluate_run  # torch loads only when the command runs
+    from pipeline.io.disk import full_disk_as_error
 
     resolved = resolve(config, set or [])
     count = resolved["evaluate"]["figures"] if figures is None else figures
@@ -49,7 +50,8 @@ def grounding(
         count = 0   # the params default asks for figures only where the source images were given
     metrics = evaluate_run(run, Path(cache) / split, resolved["evaluate"], grounding, figures=count,
                            figures_dir=Path(run) / "figures", captions_file=captions, images_root=images)
-    save_resolved(resolved, run, "evaluate_config.json")
+    with full_disk_as_error(run, what="evaluate_config.json"):   # metrics.json and the figures check their own room
+        save_resolved(resolved, run, "evaluate_config.json")
     write_json_atomic(Path(run) / "metrics.json", metrics)
     typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
 

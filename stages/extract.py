@@ -17,10 +17,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.config import resolve
+from pipeline.cache.fingerprint import cheap_part, from_config
+from pipeline.config import resolve, validate_section
 from pipeline.errors import BadItems, ConfigError
 from pipeline.extraction import distributed
-from pipeline.extraction.plan import cheap_part, make_fingerprint, parse_shards, split_digest
+from pipeline.extraction.plan import parse_shards, split_digest
 from pipeline.runtime import keep_freed_memory
 from stages._common import ConfigOpt, SetOpt, friendly_errors
 
@@ -56,7 +57,9 @@ def extract(
     shard_size: Annotated[Optional[int], _opt("Items per HDF5 shard.")] = None,
     device: Annotated[Optional[str], _opt("auto, cpu or cuda.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Delete a cache made with another configuration (only files extraction wrote).")] = False,
+    wait: Annotated[bool, typer.Option(help="Another extraction holds the split folder: wait for it, then do what it left undone (default: stop and name it).")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print records, shards, estimated bytes, free space and time; write nothing.")] = False,
     config: ConfigOpt = None,
     set: SetOpt = None,
 ) -> None:
@@ -71,6 +74,7 @@ def extract(
                  num_workers=num_workers, shard_size=shard_size, device=device)
     cfg.update({k: v for k, v in given.items() if v is not None})
     cfg["num_workers"] = parse_workers(cfg["num_workers"])  # a bad value fails before any model loads
+    cfg = validate_section("extract", cfg, "from the command line")
     if modality not in MODALITIES:
         raise ConfigError(f"--modality must be one of {sorted(MODALITIES)}, got {modality!r}")
     if cfg["storage_dtype"] not in STORAGE_DTYPES:
@@ -84,12 +88,17 @@ def extract(
     t0 = time.perf_counter()
     policy = BadItems(cfg["on_error"])
     records = load_split(captions, images, split, policy)
-    fp = make_fingerprint(
-        modalities=mods, split=split_digest(records), shard_size=cfg["shard_size"],
-        storage_dtype=cfg["storage_dtype"], compute_dtype=cfg["compute_dtype"],
-        text={"model": cfg["text_model"], "layer": cfg["text_layer"], "max_length": cfg["max_length"]}
-        if "text" in mods else None,
-        image=_image_knobs(cfg) if "image" in mods else None)
+    fp = from_config(cfg, mods, split_digest(records))
+    if dry_run:
+        from pipeline.extraction.sizing import dry_run_lines
+        for line in dry_run_lines(cfg, mods, records, split_dir):
+            say(line)
+        distributed.shutdown()
+        return
+    if world.leader:  # another job in the folder: stop now, before any model loads (or, with --wait, wait)
+        from pipeline.extraction.directory import lock_split
+        lock_split(split_dir, wait).release()
+    distributed.barrier()
     from pipeline.extraction.runner import up_to_date
     if up_to_date(split_dir, cheap_part(fp), overwrite):
         say(f"{split_dir}: up to date ({len(records)} captions), nothing to do [{time.perf_counter() - t0:.1f}s]")
@@ -97,7 +106,7 @@ def extract(
         return
 
     bad_captions = len(policy.skipped)  # the image pass adds its own to the same policy
-    outcome = _run(cfg, mods, records, images, split_dir, fp, subset, overwrite, world, policy, progress)
+    outcome = _run(cfg, mods, records, images, split_dir, fp, subset, overwrite, world, policy, progress, wait)
     took = time.perf_counter() - t0
     if outcome.complete:
         totals = outcome.manifest["totals"] if outcome.manifest else {}
@@ -114,17 +123,6 @@ def extract(
     distributed.shutdown()
 
 
-def _image_knobs(cfg: dict) -> dict:
-    """The configured image side of the fingerprint. The speed options change the features' last bits,
-    so they are in it, but only when they apply: caches made before they existed keep matching."""
-    knobs = {"model": cfg["image_model"], "image_size": cfg["image_size"]}
-    if cfg["image_cast_weights"] and cfg["compute_dtype"] != "float32":
-        knobs["cast_weights"] = True
-    if cfg["image_compile"]:
-        knobs["compile"] = True
-    return knobs
-
-
 def parse_workers(value) -> int | str:
     """extract.num_workers checked: 'auto' or a count >= 0 (from YAML, --set or the command line)."""
     if value == "auto":
@@ -138,7 +136,7 @@ def parse_workers(value) -> int | str:
 
 def decode_workers(value, device) -> int:
     """extract.num_workers as a count. 'auto': 0 beside a CPU encoder, which already keeps every core busy
-    (worker processes only preempt its threads: README), and up to 8 worker processes for a GPU, whose
+    (worker processes only preempt its threads: bench/RESULTS.md), and up to 8 worker processes for a GPU, whose
     encoder would otherwise wait for decoding."""
     value = parse_workers(value)
     if value == "auto":
@@ -146,7 +144,7 @@ def decode_workers(value, device) -> int:
     return value
 
 
-def _run(cfg, mods, records, images, split_dir, fp, subset, overwrite, world, policy, progress):
+def _run(cfg, mods, records, images, split_dir, fp, subset, overwrite, world, policy, progress, wait=False):
     from pipeline.encoders import load_image_encoder, load_text_encoder
     from pipeline.extraction.plan import caption_items, image_items
     from pipeline.extraction.runner import ImageJob, TextJob, run
@@ -168,9 +166,15 @@ def _run(cfg, mods, records, images, split_dir, fp, subset, overwrite, world, po
         fp["image"]["encoder"] = enc.fingerprint()
         image_job = ImageJob(image_items(records), enc, Path(images), cfg["image_batch_size"],
                              decode_workers(cfg["num_workers"], enc.device), policy)
+    if world.leader:  # refuse before the first shard when the disk cannot hold the cache
+        from pipeline.extraction.sizing import check_free_space, estimate_for_items
+        check_free_space(split_dir, estimate_for_items(
+            len(records), text_job.items if text_job else None, text_job.encoder.dim if text_job else None,
+            image_job.items if image_job else None, image_job.encoder if image_job else None,
+            cfg["shard_size"], cfg["storage_dtype"]))
     return run(split_dir, fp, text=text_job, image=image_job, shard_size=cfg["shard_size"],
                storage_dtype=cfg["storage_dtype"], shards=subset, overwrite=overwrite, world=world,
-               progress=progress, skipped_captions=list(policy.skipped),
+               progress=progress, skipped_captions=list(policy.skipped), wait=wait,
                extra_report={"config": cfg, "device": str(device), "world_size": world.size})
 
 

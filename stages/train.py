@@ -7,7 +7,8 @@ Reads CACHE/train (training) and CACHE/val (early stopping). Writes RUN_DIR/conf
 (RUN_DIR/checkpoints/{last,best}.pt) and dvclive metrics (RUN_DIR/dvclive/; with --grounding, the
 validation pointing game per epoch too); see
 pipeline/training/checkpoint.py for the layout. A run directory holding a checkpoint is resumed
-unless --no-resume.
+unless --no-resume. One training run at a time in a run directory: a second one stops and names the first
+(or, with --wait, waits for it and then resumes from its last checkpoint).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import typer
 from pipeline.config import resolve
 from stages._common import ConfigOpt, SetOpt, friendly_errors
 
+BUSY_HINT = "wait for it to finish, or run again with --wait to resume from its checkpoint once it has"
+
 
 @friendly_errors
 def train(
@@ -29,7 +32,10 @@ def train(
     set: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/last.pt when it exists.")] = True,
     grounding: Annotated[Optional[Path], typer.Option(help="grounding.json: log the validation pointing game per epoch.")] = None,
+    wait: Annotated[bool, typer.Option(help="Another training run holds OUT: wait for it to finish, then resume from its checkpoint (default: stop and name it).")] = False,
 ) -> None:
+    from pipeline.io.disk import full_disk_as_error
+    from pipeline.io.locks import lock_folder
     from pipeline.training.fit import fit  # torch and dvclive load only when the command runs
 
     resolved = resolve(config, set or [])
@@ -44,7 +50,10 @@ def train(
         from pipeline.evaluation.alignment import validation_pointing
         from pipeline.evaluation.grounding_eval import load_grounding
         hook = validation_pointing(load_grounding(grounding), resolved)
-    summary = fit(resolved, cache, out, resume=resume, log=lambda m: typer.echo(m, err=True), epoch_metrics=hook)
+    # Checkpoints check their own room; this names the folder when dvclive or config.json find the disk full.
+    with lock_folder(out, task="training run", wait=wait, hint=BUSY_HINT, log=lambda m: typer.echo(m, err=True)), \
+            full_disk_as_error(out):
+        summary = fit(resolved, cache, out, resume=resume, log=lambda m: typer.echo(m, err=True), epoch_metrics=hook)
     typer.echo(json.dumps(summary))
 
 

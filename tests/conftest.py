@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-# Without this a stray hub look-up takes 26-50 s to fail instead of 3 s (see shared/OFFLINE.md).
+# Without this a stray hub look-up takes 26-50 s to fail instead of 3 s (docs/encoders.md, "Working offline").
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

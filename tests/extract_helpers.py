@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.encoders import TINY_IMAGE_MODEL, TINY_IMAGE_SIZE
+from pipeline.encoders.tiny import TINY_IMAGE_MODEL, TINY_IMAGE_SIZE
 
 WORDS = "red blue green small large circle square triangle left right above below near the a of and".split()
 
@@ -49,7 +49,7 @@ def shard_bytes(split_dir: Path) -> dict[str, bytes]:
 
 def tiny_text_folder(tmp_path_factory) -> str:
     """The tiny BERT, written once per test session (a few MB)."""
-    from pipeline.encoders import make_tiny_text_model
+    from pipeline.encoders.tiny import make_tiny_text_model
 
     folder = tmp_path_factory.getbasetemp() / "tiny-bert"
     if not (folder / "config.json").exists():

@@ -1,4 +1,4 @@
-"""Small fake feature caches in the exact on-disk format (pipeline/cache_format.py), for stage-two tests.
+"""Small fake feature caches in the exact on-disk format (pipeline/cache/format.py), for stage-two tests.
 
 The features are not random noise: every image has a "concept" vector, its patches are noisy copies of
 a few concept directions, and each caption's content tokens are a fixed linear map of its own image's
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache_format import shard_path, write_image_shard, write_json_atomic, write_text_shard
+from pipeline.cache.format import shard_path, write_image_shard, write_text_shard
 from pipeline.config import load_defaults
+from pipeline.io.atomic import write_json_atomic
 
 D_T, D_V, GRID, PREFIX = 16, 12, (4, 4), 1
 

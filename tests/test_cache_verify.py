@@ -8,8 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from extract_helpers import extract_args, make_dataset, run_cli, tiny_text_folder
-from pipeline.cache_format import file_sha256
-from pipeline.extraction import cache_info, verify_cache
+from pipeline.cache.info import cache_info
+from pipeline.cache.verify import verify_cache
+from pipeline.io.hashing import file_sha256
 from stages.cache_tools import app
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipeline.data import check_images_exist, load_split, resolve_image
+from pipeline.data import load_split, resolve_image
 from pipeline.errors import BadItems, DataError
 from pipeline.records import CaptionRecord
 
@@ -195,14 +195,3 @@ def test_image_path_must_not_change_for_one_id(tmp_path):
                                             {"image": "b.png", "image_id": "i", "caption": "y"}))
     with pytest.raises(DataError, match="image id 'i' already names 'a.png', here 'b.png'"):
         load_split(path, tmp_path)
-
-
-def test_check_images_exist(tmp_path):
-    (tmp_path / "a.png").write_bytes(b"x")
-    recs = [CaptionRecord("1", "t", "a", "a.png"), CaptionRecord("2", "t", "b", "b.png"),
-            CaptionRecord("3", "u", "b", "b.png")]
-    with pytest.raises(DataError, match="image file not found"):
-        check_images_exist(recs, tmp_path)
-    policy = BadItems("skip")
-    assert [r.caption_id for r in check_images_exist(recs, tmp_path, policy)] == ["1"]
-    assert policy.skipped == [{"file": str(tmp_path / "b.png"), "item": "image b", "reason": "image file not found"}]

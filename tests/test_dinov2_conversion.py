@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from pipeline.encoders import Preprocess, load_image_encoder
 from pipeline.encoders.dinov2_check import backbone_session, max_abs_diff, photo_like
-from pipeline.encoders.dinov2_onnx import (file_sha256, load_timm_dinov2, read_backbone,
-                                           resample_pos_embed)
+from pipeline.encoders.dinov2_onnx import load_timm_dinov2, read_backbone, resample_pos_embed
 from pipeline.encoders.offline import DINOV2_FILE, onnx_path, weights_dir
 from pipeline.errors import ConfigError
+from pipeline.io.hashing import file_sha256
 from stages.weights import app
 
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from pipeline.config import resolve
 from pipeline.downstream.fixtures import FOLDERS, write_all
 from pipeline.downstream.glue import TASKS
-from pipeline.encoders import load_text_encoder, make_tiny_text_model
+from pipeline.encoders import load_text_encoder
+from pipeline.encoders.tiny import make_tiny_text_model
 from pipeline.modules import GroundingModel
 from pipeline.training.checkpoint import BEST, checkpoint_dir, save
 from stages import downstream
@@ -47,6 +48,10 @@ def _invoke(world, *args):
     return result
 
 
+def _whole(x: float) -> bool:
+    return abs(x - round(x)) < 1e-9
+
+
 def _check_comparison(out: Path, expected_metrics: set[str], mode: str) -> dict:
     payload = json.loads((out / "comparison.json").read_text())
     assert payload["mode"] == mode and payload["seeds"] == [0, 1]
@@ -78,8 +83,9 @@ def test_glue_task_end_to_end(world, task, mode):
     payload = _check_comparison(out, {f"{e}/{m}" for e in evals for m in spec.metrics}, mode)
     assert payload["examples"]["train"] == 12 and payload["text_model"] == world["model"]
     for name, row in payload["metrics"].items():
-        lo = -1.0 if name.split("/")[1] in ("matthews", "pearson", "spearman") else 0.0
-        assert all(lo <= x <= 1.0 for v in VARIANTS for x in row[v]["values"])
+        split, metric = name.split("/")
+        if metric == "accuracy":   # scored over the whole eval file: a count of right answers over its size
+            assert all(_whole(x * payload["examples"][split]) for v in VARIANTS for x in row[v]["values"]), row
     if mode == "probe":  # the task's states went through the stage-one cache
         assert list((world["root"] / "cache" / spec.name).glob("train-*/manifest.json"))
 
@@ -97,7 +103,10 @@ def test_squad_end_to_end(world, version, mode):
     payload = _check_comparison(out, expected, mode)
     assert payload["task"] == f"squad{version}"
     assert payload["examples"]["dev_windows"] > payload["examples"]["dev_questions"]  # contexts span windows
-    assert all(0 <= x <= 100 for row in payload["metrics"].values() for v in VARIANTS for x in row[v]["values"])
+    # EM is a percentage of the questions, each right or wrong; the totals are the fixture's questions.
+    total = payload["metrics"]["total"]["baseline"]["values"][0]
+    assert total == payload["examples"]["dev_questions"]
+    assert all(_whole(x * total / 100) for v in VARIANTS for x in payload["metrics"]["exact"][v]["values"])
 
 
 def test_probe_reuses_the_cache_and_repeats_exactly(world):

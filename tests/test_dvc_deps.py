@@ -197,6 +197,50 @@ def test_the_closure_follows_lazy_and_submodule_imports():
     assert not files & {"stages/cli.py", "stages/data.py", "stages/extract.py", "stages/evaluate.py"}
 
 
+def import_cycles() -> list[list[str]]:
+    """Groups of project modules that import each other, lazily too (strongly connected components of the
+    import graph). A package's __init__.py is left out: importing a.b.c runs a/b/__init__.py, which may
+    re-export c, and that is no circle between modules."""
+    files = sorted(p for root in CODE_ROOTS for p in (REPO / root).rglob("*.py") if p.name != "__init__.py")
+    graph = {p: sorted(q for q in direct_imports(p) if q.name != "__init__.py") for p in files}
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v), on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+                on_stack.discard(group[-1])
+            if len(group) > 1:
+                cycles.append(sorted(str(f.relative_to(REPO)) for f in group))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_modules_import_each_other():
+    """A circle hidden by function-level imports (offline.py <-> dinov2_onnx.py once) makes both modules one
+    concept in two files; each module should build on the others in one direction."""
+    assert import_cycles() == []
+
+
+def test_the_library_never_imports_the_entry_points():
+    files = sorted((REPO / "pipeline").rglob("*.py"))
+    upward = [str(f.relative_to(REPO)) for f in files if any(q.parts[len(REPO.parts)] == "stages"
+                                                              for q in direct_imports(f))]
+    assert upward == []
+
+
 # The entries themselves (these import the project).
 
 @pytest.mark.parametrize("name", sorted(load_stages()))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.encoders import TINY_IMAGE_MODEL, TINY_IMAGE_SIZE
+from pipeline.encoders.tiny import TINY_IMAGE_MODEL, TINY_IMAGE_SIZE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def tiny_params(repo: Path, text_model: str) -> None:
 
 @pytest.mark.slow
 def test_repro_then_experiment_reuses_the_cache(tmp_path):
-    from pipeline.encoders import make_tiny_text_model
+    from pipeline.encoders.tiny import make_tiny_text_model
 
     repo = tmp_path / "repo"
     copy_repo(repo)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.encoders import Tokens, load_text_encoder, make_tiny_text_model
+from pipeline.encoders import Tokens, load_text_encoder
+from pipeline.encoders.tiny import make_tiny_text_model
 from pipeline.errors import ConfigError
 
 
@@ -120,7 +121,6 @@ def test_models_without_segment_ids_work(tmp_path, tiny_name):
 def test_segment_ids_reach_the_model(tmp_path):
     """Sentence pairs carry segment ids: the second segment's states differ from an all-zero encoding."""
     import numpy as np
-    from pipeline.encoders import load_text_encoder, make_tiny_text_model
     from pipeline.encoders.text import Tokens
     enc = load_text_encoder(make_tiny_text_model(tmp_path / "tiny"))
     t = enc.tokenize(["a red circle above a blue square"])[0]

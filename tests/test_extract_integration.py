@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from extract_helpers import run_cli
-from pipeline.cache_format import load_images, load_text
-from pipeline.extraction import verify_cache
+from pipeline.cache.format import load_images, load_text
+from pipeline.cache.verify import verify_cache
 
 
 @pytest.mark.integration

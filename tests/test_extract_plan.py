@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
+from pipeline.cache.fingerprint import cheap_part, make_fingerprint
 from pipeline.encoders import Tokens
 from pipeline.errors import ConfigError
-from pipeline.extraction.plan import (TextItem, cheap_part, make_fingerprint, make_plan, my_shards,
-                                      parse_shards, shard_ranges, split_digest)
+from pipeline.extraction.plan import TextItem, make_plan, my_shards, parse_shards, shard_ranges, split_digest
 from pipeline.extraction.text_runner import length_batches
 from pipeline.extraction.timing import merge_summaries
 from pipeline.records import CaptionRecord

@@ -41,12 +41,12 @@ def _env():
 # (often with a temporary file open): the point is that no moment of a run is unsafe to die at.
 SLOW_CHILD = textwrap.dedent("""
     import sys, time
-    import pipeline.cache_format as cf
-    put = cf.put
+    import pipeline.cache.format as fmt
+    put = fmt.put
     def slow_put(*a, **k):
         time.sleep(0.04)
         return put(*a, **k)
-    cf.put = slow_put
+    fmt.put = slow_put
     from stages.extract import app
     app(sys.argv[1:])
 """)

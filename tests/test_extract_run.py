@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from extract_helpers import extract_args, make_dataset, run_cli, shard_bytes
-from pipeline.cache_format import load_images, load_text
-from pipeline.extraction import verify_cache
+from pipeline.cache.format import load_images, load_text
+from pipeline.cache.verify import verify_cache
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 
 from extract_helpers import shard_bytes, tiny_text_folder
-from pipeline.cache_format import load_text
+from pipeline.cache.format import load_text
+from pipeline.cache.verify import verify_cache
 from pipeline.encoders import Tokens, load_text_encoder
 from pipeline.errors import CacheError, DataError
-from pipeline.extraction import TextItem, build_text_cache, verify_cache
+from pipeline.extraction import TextItem, build_text_cache
 
 
 @pytest.fixture(scope="module")

@@ -22,28 +22,17 @@ def all_batches(reader, batch_size=4, seed=0, workers=0):
     return list(epoch_loader(reader, batch_size, seed=seed, num_workers=workers))
 
 
-def test_streaming_and_in_memory_give_identical_batches(split):
-    d, _ = split
-    memory, stream = SplitReader(d, memory_budget_gb=1.0), SplitReader(d, memory_budget_gb=0.0)
-    assert memory.in_memory and not stream.in_memory
-    plan = stream.plan(batch_size=4, seed=0)          # streaming's plan respects its shards
-    pairs = list(zip(memory.iter_batches(plan), stream.iter_batches(plan)))
-    assert len(pairs) == len(plan)
-    for a, b in pairs:
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), k
-
-
 @pytest.mark.parametrize("seed", [None, 0, [0, 3]])
 def test_epoch_loader_gives_the_same_batches_whether_the_split_fits_in_memory_or_not(split, seed):
     # The budget decides only how the split is read (checkpoint.RESUMABLE lets it change on resume), so
     # the same seed must give the same epoch: same captions per batch, hence the same negatives.
     d, _ = split
     memory, stream = SplitReader(d, memory_budget_gb=1.0), SplitReader(d, memory_budget_gb=0.0)
+    assert memory.in_memory and not stream.in_memory
     a, b = all_batches(memory, batch_size=4, seed=seed), all_batches(stream, batch_size=4, seed=seed)
-    assert len(a) == len(b)
+    assert len(a) == len(b) == len(stream.plan(batch_size=4, seed=seed)) > 1
     for x, y in zip(a, b):
+        assert x.keys() == y.keys()
         for k in x:
             assert torch.equal(x[k], y[k]), k
 
@@ -164,7 +153,7 @@ def test_split_without_captions(tmp_path):
 @pytest.mark.parametrize("field, changes", [("grid", {"grid": (2, 8)}),
                                              ("class_token", {"class_token": False})])
 def test_image_shards_that_disagree_name_both_files_and_the_field(tmp_path, budget, field, changes):
-    from pipeline.cache_format import write_image_shard
+    from pipeline.cache.format import write_image_shard
 
     data = make_split(tmp_path / "s", n_images=6, shard_size=3)           # image shards 00000 and 00001
     kwargs = dict(patches=data["patches"][3:], prefix=data["prefix"][3:], image_ids=data["image_ids"][3:],
@@ -196,3 +185,19 @@ def test_prefetch_stops_when_the_consumer_does():
     assert not producer.is_alive()
     time.sleep(0.1)
     assert len(produced) <= 6                         # it stopped, it did not run on in the background
+
+
+def test_streamed_image_block_and_row_gathers_give_the_same_batches(split, monkeypatch):
+    # A streamed text shard's images are read as one contiguous block when compact, else row by row.
+    from pipeline.training import reader as reader_module
+
+    d, _ = split
+    blocked = SplitReader(d, memory_budget_gb=0.0)
+    with_block = all_batches(blocked, seed=2)
+    assert blocked._block is not None
+    monkeypatch.setattr(reader_module, "IMAGE_BLOCK_BYTES", 0)
+    gathered = SplitReader(d, memory_budget_gb=0.0)
+    without = all_batches(gathered, seed=2)
+    assert gathered._block is None
+    for a, b in zip(with_block, without):
+        assert torch.equal(a["patches"], b["patches"]) and torch.equal(a["prefix"], b["prefix"])

@@ -9,9 +9,10 @@ import torch
 from typer.testing import CliRunner
 
 from extract_helpers import extract_args, make_dataset, run_cli
-from pipeline.cache_format import load_images
-from pipeline.encoders import TINY_IMAGE_MODEL, TINY_IMAGE_SIZE
-from pipeline.extraction import cache_info, verify_cache
+from pipeline.cache.format import load_images
+from pipeline.cache.info import cache_info
+from pipeline.cache.verify import verify_cache
+from pipeline.encoders.tiny import TINY_IMAGE_MODEL, TINY_IMAGE_SIZE
 from pipeline.modules import GroundingModel
 from pipeline.training.reader import SplitReader, epoch_loader
 from stage2_fixtures import TINY_TRAIN

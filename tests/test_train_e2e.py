@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.encoders import TINY_IMAGE_MODEL, TINY_IMAGE_SIZE
+from pipeline.encoders.tiny import TINY_IMAGE_MODEL, TINY_IMAGE_SIZE
 from pipeline.evaluation.figures import figure_pixels
 from stages.cli import app
 from stage2_fixtures import TINY_TRAIN
@@ -21,7 +21,7 @@ def invoke(*args):
 
 @pytest.mark.slow
 def test_synth_extract_train_evaluate(tmp_path):
-    from pipeline.encoders import make_tiny_text_model
+    from pipeline.encoders.tiny import make_tiny_text_model
 
     text_model = make_tiny_text_model(tmp_path / "tiny-bert")
     extract = [f"extract.text_model={text_model}", f"extract.image_model={TINY_IMAGE_MODEL}",

@@ -113,7 +113,7 @@ def test_evaluate_writes_metrics_with_chance_levels(cache, trained, tmp_path):
     assert metrics["retrieval"]["t2i"]["candidates"] == 6
     assert metrics["retrieval"]["t2i"]["chance@1"] == pytest.approx(1 / 6)
     assert metrics["retrieval"]["i2t"]["candidates"] == 12
-    assert metrics["matching"]["pairs"] == 24 and 0 <= metrics["matching"]["roc_auc"] <= 1
+    assert metrics["matching"]["pairs"] == 24   # the values themselves: tests/test_golden.py
     # Two tokens per phrase overlap its span (no word annotations: every token of the phrase is a trial).
     # The tiny ViT sees a 4x4 grid, patch centres at 1/8, 3/8, 5/8, 7/8 of the crop. img000 is 64x64: the box
     # is its top-left quarter, holding 4 of the 16 centres. img001 is 80x64, cropped to x in [8, 72]: its box
@@ -123,7 +123,6 @@ def test_evaluate_writes_metrics_with_chance_levels(cache, trained, tmp_path):
     assert token["trials"] == 4
     assert token["chance"] == pytest.approx((4 / 16 + 2 / 16) / 2)
     assert metrics["pointing"]["plan"]["phrase"]["trials"] == 2
-    assert -1 <= metrics["collapse"]["mean_pairwise_cosine_g"] <= 1
     assert (trained / "evaluate_config.json").exists()
 
 
@@ -145,12 +144,14 @@ def test_evaluation_solves_plans_with_its_own_settings(cache, trained, tmp_path)
         "mass": 0.5, "epsilon": 0.05, "patch_capacity": 16.0}
     # The plan_common numbers do not depend on the evaluation's own settings.
     assert changed["plan_common"] == own["plan_common"]
-    assert_user_error(runner.invoke(app, args + ["--set", "evaluate.mass=1.5"]), "evaluate.mass", "(0, 1]")
+    assert_user_error(runner.invoke(app, args + ["--set", "evaluate.mass=1.5"]), "evaluate.mass",
+                      "less than or equal to 1")
 
 
 def test_text_only_cache(tmp_path):
     # What `groundedbert extract --modality text` leaves: a manifest that plans no image shards at all.
-    from pipeline.cache_format import read_json, write_json_atomic
+    from pipeline.io.atomic import write_json_atomic
+    from pipeline.io.jsonio import read_json
 
     make_cache(tmp_path / "c")
     for name in ("plan.json", "manifest.json"):

@@ -142,7 +142,8 @@ def test_step_losses_follow_the_knobs(cache):
     assert full["loss"].item() == pytest.approx(want.item(), rel=1e-6)
     assert "ot_hinge" not in losses(lambda_ot=0.5, ot_hinge_weight=0.0)
     assert set(losses(lambda_ot=0.0, local_contrastive_weight=0.0)) == {"loss", "match", "accuracy", "collapse"}
-    # The patch capacity changes the plan, so the OT loss; at 1 it is METHOD.md's uniform-marginal problem.
+    # The patch capacity changes the plan, so the OT loss; at 1 it is the paper summary's uniform-marginal problem
+    # (docs/method.md).
     uniform, roomy = losses(lambda_ot=0.5, patch_capacity=1.0), losses(lambda_ot=0.5, patch_capacity=16.0)
     assert roomy["ot"].item() < uniform["ot"].item()
     # Hard negatives: the highest-scoring wrong image is at least as hard as a random one.

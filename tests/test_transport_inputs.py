@@ -3,9 +3,8 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.ot_reference import pot_partial_entropic, pot_partial_exact
-from pipeline.ot_solvers import ot_loss, solve_plan
-from pipeline.transport import partial_ot
+from pipeline.transport import ot_loss, partial_ot, solve_plan
+from pipeline.transport.reference import pot_partial_entropic, pot_partial_exact
 
 SOLVERS = [partial_ot, pot_partial_exact, pot_partial_entropic]
 
@@ -82,6 +81,8 @@ def test_bad_marginals_and_settings():
     expect_error(partial_ot, "tol must be a number >= 0", cost, rows, cols, tol=-1.0)
     expect_error(partial_ot, r"eps_scaling_factor must be in \(0, 1\)", cost, rows, cols,
                  eps_scaling=True, eps_scaling_factor=1.5)
+    for bad in (-1.0, float("inf"), float("nan"), "25"):
+        expect_error(partial_ot, "iters_per_spread must be a finite number >= 0", cost, rows, cols, iters_per_spread=bad)
 
 
 def test_interface_errors():

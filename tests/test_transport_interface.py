@@ -1,12 +1,16 @@
 """solve_plan and ot_loss, the interface training uses, and POT behind it as the reference."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import ot
 import pytest
 import torch
 
-from pipeline.ot_reference import pot_partial_entropic, pot_partial_exact, primal_marginal_error
-from pipeline.ot_solvers import ot_loss, solve_plan
-from pipeline.transport import partial_ot
+from pipeline.losses import cosine_cost, ot_alignment_loss
+from pipeline.transport import ot_loss, partial_ot, solve_plan
+from pipeline.transport.reference import pot_partial_entropic, pot_partial_exact, primal_marginal_error
 
 
 def padded_problem(seed=0, low=0.0, high=1.0):
@@ -62,24 +66,30 @@ def test_primal_marginal_error_counts_every_violation():
 
 
 def test_ot_loss_gradient_is_the_fixed_plan_over_s():
-    cost, rows, cols = padded_problem(seed=4)
-    plan = partial_ot(cost, rows, cols, 0.4, 0.05, tol=1e-10).plan
-    cost = cost.clone().requires_grad_()
-    # Finite differences of the loss with the plan held fixed, in float64.
-    assert torch.autograd.gradcheck(lambda c: ot_loss(c, plan, 0.4), (cost,), eps=1e-6, atol=1e-9)
+    """The training loss's backward: d L_ot / d C is T / s with the solver's plan T held fixed (that T is the
+    derivative of the optimal value is test_transport.py's envelope-theorem test). Through the cosine cost of
+    g and v, padded tokens included: equal to finite differences of the fixed-plan loss, and nothing flows
+    through the solver."""
+    torch.manual_seed(0)
+    g = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    cols = torch.ones(2, 5, dtype=torch.bool)
+    cost = cosine_cost(g, v)
+    cost.retain_grad()
+    plan = solve_plan(cost, rows, cols, mass=0.4, epsilon=0.05)
     ot_loss(cost, plan, 0.4).sum().backward()
-    torch.testing.assert_close(cost.grad, plan / 0.4)
+    torch.testing.assert_close(cost.grad, plan.double() / 0.4)
+    assert (cost.grad[0, 3] == 0).all()   # the padded token
 
+    def fixed_plan_loss(g, v):
+        return ot_loss(cosine_cost(g, v), plan.double(), 0.4).mean()
 
-def test_ot_loss_through_solve_plan_reaches_the_cost_only():
-    cost, rows, cols = padded_problem(seed=5)
-    features = cost.float().clone().requires_grad_()
-    cost_of_features = features * 2.0
-    plan = solve_plan(cost_of_features, rows, cols, mass=0.5, epsilon=0.05)
-    loss = ot_loss(cost_of_features, plan, 0.5)
-    torch.testing.assert_close(loss, (plan * cost_of_features).sum(dim=(1, 2)).detach() / 0.5)
-    loss.sum().backward()
-    torch.testing.assert_close(features.grad, 2.0 * plan / 0.5)
+    assert torch.autograd.gradcheck(fixed_plan_loss, (g, v), eps=1e-6, atol=1e-7)
+    loss, _ = ot_alignment_loss(g, v, rows, cols, mass=0.4, epsilon=0.05)
+    grads = torch.autograd.grad(loss.mean(), (g, v))
+    for got, want in zip(grads, torch.autograd.grad(fixed_plan_loss(g, v), (g, v))):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
 def test_ot_loss_ignores_non_finite_costs_on_padding():
@@ -90,3 +100,21 @@ def test_ot_loss_ignores_non_finite_costs_on_padding():
     loss = ot_loss(cost, plan, 0.5)
     loss.sum().backward()
     assert torch.isfinite(loss).all() and torch.isfinite(cost.grad).all()
+
+
+def test_pot_loads_only_for_the_pot_solvers():
+    """Training with the batched solver never imports POT (a second and SciPy with it); asking for a pot-*
+    solver by name does. In a fresh interpreter, where nothing else has imported it yet."""
+    code = (
+        "import sys, torch\n"
+        "import pipeline.training.engine\n"
+        "from pipeline.transport import solve_plan\n"
+        "cost = torch.rand(2, 3, 4)\n"
+        "rows, cols = torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 4, dtype=torch.bool)\n"
+        "solve_plan(cost, rows, cols, mass=0.5, epsilon=0.05)\n"
+        "print('ot' in sys.modules)\n"
+        "solve_plan(cost, rows, cols, mass=0.5, epsilon=0.05, solver='pot-exact')\n"
+        "print('ot' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.split() == ["False", "True"], result.stderr

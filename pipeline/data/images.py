@@ -19,8 +19,11 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 
 
-def load_rgb(path: Path, item: str | None = None) -> Image.Image:
-    """The image at `path` as RGB (EXIF orientation applied), or a DataError naming file, item and reason."""
+def load_rgb(path: Path, item: str | None = None, warnings_out: list[dict] | None = None) -> Image.Image:
+    """The image at `path` as RGB (EXIF orientation applied), or a DataError naming file, item and reason.
+
+    An image whose pixels decode but whose EXIF block is broken is kept, as stored (unrotated): a record
+    {file, item, reason} goes to `warnings_out` (extraction's report), or a RuntimeWarning when None."""
     path = Path(path)
     where = {"file": str(path), "item": item}
     if not path.exists():
@@ -37,7 +40,7 @@ def load_rgb(path: Path, item: str | None = None) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()  # force the full decode here, so truncation surfaces now, not in a worker later
-                img = _upright(img)
+                img, exif_problem = _upright(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"image is too large to decode safely (Pillow's decompression-bomb limit "
                         f"is {Image.MAX_IMAGE_PIXELS} pixels): {e}", **where) from None
@@ -46,6 +49,12 @@ def load_rgb(path: Path, item: str | None = None) -> Image.Image:
     except Exception as e:  # noqa: BLE001 - Pillow's decoders raise OSError, SyntaxError, ValueError,
         # struct.error, EOFError... on corrupt data; all of them mean "this file cannot be decoded".
         raise DataError(f"corrupt or truncated image ({type(e).__name__}: {e})", **where) from None
+    if exif_problem is not None:
+        record = DataError(f"broken EXIF block ({exif_problem}): encoded as stored, not rotated", **where).as_record()
+        if warnings_out is None:
+            warnings.warn(f"file {path}: {record['reason']}", RuntimeWarning, stacklevel=2)
+        else:
+            warnings_out.append(record)
 
     try:
         return to_rgb(img)
@@ -53,14 +62,34 @@ def load_rgb(path: Path, item: str | None = None) -> Image.Image:
         raise DataError(f"cannot convert image mode {img.mode!r} to RGB: {e}", **where) from None
 
 
-def _upright(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation tag, so a phone photo taken sideways is encoded as the viewer saw it."""
+def _upright(img: Image.Image) -> tuple[Image.Image, str | None]:
+    """Apply the EXIF orientation tag, so a phone photo taken sideways is encoded as the viewer saw it.
+    Returns the image and, for a broken EXIF block, why: metadata damage, not pixel damage, so the pixels
+    are kept unrotated rather than an image whose content decoded fine dropped."""
+    problem = _exif_header_problem(img.info.get("exif"))
+    if problem is not None:   # Pillow would read no tags from it, silently or with a bare warning
+        return img.copy(), problem
     try:
-        return ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001
-        # A malformed EXIF block is metadata damage, not pixel damage: keep the pixels unrotated
-        # rather than drop an image whose content decoded fine.
-        return img.copy()
+        return ImageOps.exif_transpose(img), None
+    except Exception as e:  # noqa: BLE001 - any parse failure of the tags themselves
+        return img.copy(), f"{type(e).__name__}: {e}"
+
+
+def _exif_header_problem(raw: bytes | None) -> str | None:
+    """Why an EXIF block's TIFF header cannot be read, or None (also when there is no block). The header:
+    a byte order (II or MM), the magic 42 and the offset of the first tag directory, which must lie inside."""
+    if not raw:
+        return None
+    data = raw[6:] if raw.startswith(b"Exif\x00\x00") else raw   # JPEG's APP1 prefix; PNG's eXIf has none
+    order = {b"II": "little", b"MM": "big"}.get(bytes(data[:2]))
+    if order is None:
+        return f"byte order {bytes(data[:2])!r} is neither II nor MM"
+    if len(data) < 8 or int.from_bytes(data[2:4], order) != 42:
+        return "no TIFF header (the magic number 42 is missing)"
+    first = int.from_bytes(data[4:8], order)
+    if first + 2 > len(data):
+        return f"its first tag directory at byte {first} lies past the block's end ({len(data)} bytes)"
+    return None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -15,7 +15,7 @@ from pipeline.data.jsonl import parse_jsonl
 from pipeline.data.karpathy import parse_karpathy
 from pipeline.data.validate import Collector
 from pipeline.errors import BadItems, DataError
-from pipeline.records import CaptionRecord, unique_images
+from pipeline.records import CaptionRecord
 
 FORMATS = ("coco", "karpathy", "jsonl")
 
@@ -112,19 +112,3 @@ def resolve_image(images_root: Path, record: CaptionRecord) -> Path:
     """The file a record names: its path as given when absolute, else under the images root."""
     path = Path(record.image_path)
     return path if path.is_absolute() else Path(images_root) / path
-
-
-def check_images_exist(records: list[CaptionRecord], images_root: Path,
-                       policy: BadItems | None = None) -> list[CaptionRecord]:
-    """The records whose image file exists; each missing image goes through the policy once.
-
-    Only a stat per unique image, for a quick look before a long run; extraction still decodes
-    (and so really checks) every image."""
-    policy = policy or BadItems("fail")
-    missing = set()
-    for image_id, image_path in unique_images(records):
-        path = resolve_image(images_root, CaptionRecord("", "", image_id, image_path))
-        if not path.is_file():
-            policy.handle(DataError("image file not found", str(path), f"image {image_id}"))
-            missing.add(image_id)
-    return [r for r in records if r.image_id not in missing]

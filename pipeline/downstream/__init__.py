@@ -7,5 +7,5 @@
     squad_postprocess.py     n-best spans and the v2.0 no-answer decision
     metrics.py               the official GLUE and SQuAD metrics
     tasks.py, report.py      one evaluation end to end; the baseline-vs-grounded comparison
-    fixtures.py              small files in the official formats, for tests and the README
+    fixtures.py              small files in the official formats, for tests and docs/downstream.md
 """

@@ -6,21 +6,28 @@ the optimiser and the schedule, so probe and fine-tune differ only in what a ste
 from __future__ import annotations
 
 import contextlib
-import math
 
 import numpy as np
 import torch
 
 
+def shuffled_batches(n_items: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    order = rng.permutation(n_items)
+    return [order[start:start + batch_size] for start in range(0, n_items, batch_size)]
+
+
 def fit(param_groups: list[dict], n_items: int, step, *, epochs: int, batch_size: int, seed: int,
         weight_decay: float = 0.01, warmup_fraction: float = 0.1, grad_clip: float = 1.0,
-        modules: tuple[torch.nn.Module, ...] = ()) -> list[float]:
-    """Train for `epochs` passes; returns the mean loss of each epoch. `modules` are put in train mode."""
+        modules: tuple[torch.nn.Module, ...] = (), epoch_plan=None) -> list[float]:
+    """Train for `epochs` passes; returns the mean loss of each epoch. `modules` are put in train mode.
+    `epoch_plan(rng)`: an epoch's batches of item indices (default: one shuffle of all items); a streamed
+    probe passes one that keeps each batch inside a cache shard."""
+    epoch_plan = epoch_plan or (lambda rng: shuffled_batches(n_items, batch_size, rng))
     groups = [g for g in param_groups if any(p.requires_grad for p in g["params"])]
     for g in groups:
         g["params"] = [p for p in g["params"] if p.requires_grad]
     opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    steps = epochs * math.ceil(n_items / batch_size)
+    steps = epochs * len(epoch_plan(np.random.default_rng(0)))   # the count of batches is the same every epoch
     warmup = max(1, int(warmup_fraction * steps))
     # Warmup keeps the first updates small while a fresh head still sends large gradients back.
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -30,9 +37,8 @@ def fit(param_groups: list[dict], n_items: int, step, *, epochs: int, batch_size
     for m in modules:
         m.train()
     for _ in range(epochs):
-        order, total = rng.permutation(n_items), 0.0
-        for start in range(0, n_items, batch_size):
-            idx = order[start:start + batch_size]
+        total = 0.0
+        for idx in epoch_plan(rng):
             loss = step(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache_format import digest, file_sha256, load_text
+from pipeline.cache.format import load_text
 from pipeline.downstream.glue import GlueExample
 from pipeline.downstream.probe import TokenBank
 from pipeline.downstream.squad import Window
 from pipeline.encoders import Tokens
 from pipeline.errors import CacheError
 from pipeline.extraction import TextItem, build_text_cache
+from pipeline.io.hashing import digest, file_sha256
 
 
 @dataclass
@@ -33,13 +34,20 @@ class PairInputs:
 
 
 def tokenize_pairs(examples: list[GlueExample], tokenizer, max_length: int, batch: int = 1024) -> PairInputs:
+    pairs = bool(examples) and examples[0].text_b is not None
+    return tokenize_texts([e.text_a for e in examples], [e.text_b for e in examples] if pairs else None,
+                          tokenizer, max_length, batch)
+
+
+def tokenize_texts(a: list[str], b: list[str] | None, tokenizer, max_length: int, batch: int = 1024) -> PairInputs:
+    """Single texts (b None) or pairs: how every downstream input is tokenised, the probe's and
+    GroundedEncoder.encode's alike, so both see the same tokens for the same text."""
     out = PairInputs([], [], [], [])
-    for s in range(0, len(examples), batch):
-        part = examples[s:s + batch]
-        a = [e.text_a for e in part]
-        b = [e.text_b for e in part] if part[0].text_b is not None else None
-        enc = tokenizer(a, b, truncation="longest_first", max_length=max_length, padding=False,
-                        return_offsets_mapping=True, return_token_type_ids=True, return_overflowing_tokens=False)
+    for s in range(0, len(a), batch):
+        part = a[s:s + batch]
+        enc = tokenizer(part, b[s:s + batch] if b is not None else None, truncation="longest_first",
+                        max_length=max_length, padding=False, return_offsets_mapping=True,
+                        return_token_type_ids=True, return_overflowing_tokens=False)
         for k in range(len(part)):
             out.ids.append(np.asarray(enc["input_ids"][k], np.int32))
             out.type_ids.append(np.asarray(enc["token_type_ids"][k], np.int32))

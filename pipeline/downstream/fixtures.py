@@ -1,6 +1,6 @@
 """Small GLUE and SQuAD files in the exact official layouts, with a signal a model can learn.
 
-No GLUE or SQuAD file can be downloaded on the project's machines, so tests and the README run on
+No GLUE or SQuAD file can be downloaded on the project's machines, so tests and docs/downstream.md run on
 these. Each task gets the official file names, headers and label spellings; the labels follow a
 simple rule (sentiment words, word overlap, a "not" in the hypothesis, ...) so that a head trained
 on them does better than chance, but they say nothing about real GLUE scores.
@@ -14,7 +14,7 @@ import json
 import random
 from pathlib import Path
 
-from pipeline.cache_format import atomic_path
+from pipeline.io.atomic import atomic_path
 
 # GLUE's folder names, as in the official download.
 FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",

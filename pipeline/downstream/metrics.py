@@ -1,8 +1,9 @@
-"""The official GLUE and SQuAD metrics, in numpy only (no scipy or sklearn at run time).
+"""The official GLUE and SQuAD metrics.
 
 GLUE: CoLA Matthews correlation; accuracy; binary F1 with 1 as the positive class (MRPC, QQP);
-STS-B Pearson and Spearman (ranks averaged over ties). SQuAD: exact match and token F1 after the
-official normalisation, maximised over the gold answers; v2.0 adds the HasAns / NoAns split.
+STS-B Pearson and Spearman (ranks averaged over ties), from scipy. SQuAD: exact match and token F1 after
+the official normalisation, maximised over the gold answers; v2.0 adds the HasAns / NoAns split. The
+SQuAD part is written out here because the official script is a script, not a library.
 SQuAD scores are percentages, as the official script prints them; GLUE scores are fractions.
 """
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 import string
 
 import numpy as np
+from scipy import stats
+from scipy.spatial.distance import dice
 
 
 def accuracy(pred, gold) -> float:
@@ -20,42 +23,33 @@ def accuracy(pred, gold) -> float:
 
 
 def f1_binary(pred, gold) -> float:
+    """F1 of the positive class, which is the Dice coefficient of the two labelings; 0 when neither
+    holds a positive (sklearn's convention)."""
     pred, gold = np.asarray(pred) == 1, np.asarray(gold) == 1
-    tp = float((pred & gold).sum())
-    denom = float(pred.sum() + gold.sum())
-    return 2 * tp / denom if denom else 0.0
+    if not (pred.any() or gold.any()):
+        return 0.0
+    return float(1 - dice(pred, gold))
 
 
 def matthews(pred, gold) -> float:
-    """Matthews correlation of two binary labelings; 0 when a row or column of the table is empty."""
-    pred, gold = np.asarray(pred) == 1, np.asarray(gold) == 1
-    tp, tn = float((pred & gold).sum()), float((~pred & ~gold).sum())
-    fp, fn = float((pred & ~gold).sum()), float((~pred & gold).sum())
-    denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return float((tp * tn - fp * fn) / denom) if denom else 0.0
+    """Matthews correlation: the Pearson correlation of the two 0/1 labelings (the phi coefficient)."""
+    return pearson(np.asarray(pred) == 1, np.asarray(gold) == 1)
+
+
+def _undefined(x: np.ndarray, y: np.ndarray) -> bool:
+    # A constant side (a head that predicts one class or one score) has no correlation to measure:
+    # scipy warns and gives NaN, GLUE's convention (and a mean over seeds) wants 0.
+    return len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0
 
 
 def pearson(x, y) -> float:
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    x, y = x - x.mean(), y - y.mean()
-    denom = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / denom) if denom else 0.0
-
-
-def _ranks(x) -> np.ndarray:
-    """1-based ranks, tied values sharing the mean of their ranks (as scipy.stats.rankdata)."""
-    x = np.asarray(x, np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(1, len(x) + 1)
-    for value in np.unique(x):
-        tied = x == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
+    return 0.0 if _undefined(x, y) else float(stats.pearsonr(x, y).statistic)
 
 
 def spearman(x, y) -> float:
-    return pearson(_ranks(x), _ranks(y))
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return 0.0 if _undefined(x, y) else float(stats.spearmanr(x, y).statistic)
 
 
 GLUE_METRICS = {"accuracy": accuracy, "f1": f1_binary, "matthews": matthews,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache_format import atomic_path, write_json_atomic
+from pipeline.io.atomic import atomic_path, write_json_atomic
 
 
 def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, dict]:

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from pipeline.downstream.features import (cached_states, glue_items, source_of, squad_items,
-                                          tokenize_pairs)
+from pipeline.downstream.features import glue_items, source_of, split_folder, squad_items, tokenize_pairs
 from pipeline.downstream.finetune import finetune_glue, finetune_squad
 from pipeline.downstream.glue import load_task, task_file
-from pipeline.downstream.probe import probe_glue, probe_squad
+from pipeline.downstream.probe import build_bank, probe_glue, probe_squad
 from pipeline.downstream.heads import random_like
 from pipeline.downstream.squad import load_squad, make_windows
 from pipeline.errors import ConfigError, DataError
@@ -26,6 +25,12 @@ def _seeds(cfg: dict, n: int) -> list[int]:
     if n < 1:
         raise ConfigError(f"--seeds must be at least 1, got {n}")
     return [int(cfg["seed"]) + k for k in range(n)]
+
+
+def cached_bank(items, encoder, cache_root: Path, *, task: str, split: str, source: dict, cfg: dict):
+    """A probe's inputs: cached (extracted where missing), opened in memory or streamed by the budget."""
+    return build_bank(items, encoder, split_folder(cache_root, task, split, source, encoder, cfg), source=source,
+                      cfg=cfg)
 
 
 def _check(cfg: dict, mode: str) -> None:
@@ -54,9 +59,9 @@ def evaluate_glue(task: str, data_dir: Path, *, encoder, grounding: nn.Module, c
     inputs = {k: tokenize_pairs(v, encoder.tokenizer, cfg["max_length"]) for k, v in sets.items()}
     files = {"train": "train.tsv", **{Path(f).stem: f for f in spec.eval_files}}
     if mode == "probe":
-        banks = {k: cached_states(glue_items(v, inputs[k]), encoder, cache_root, task=spec.name, split=k,
-                                  source=source_of(task_file(spec, data_dir, files[k]), kind="glue-pair",
-                                                   task=spec.name, max_length=cfg["max_length"]), cfg=cfg)[0]
+        banks = {k: cached_bank(glue_items(v, inputs[k]), encoder, cache_root, task=spec.name, split=k,
+                                source=source_of(task_file(spec, data_dir, files[k]), kind="glue-pair",
+                                                 task=spec.name, max_length=cfg["max_length"]), cfg=cfg)
                  for k, v in sets.items()}
         run = lambda g, seed: probe_glue(spec, (banks["train"], labels["train"]),  # noqa: E731
                                          {k: (banks[k], labels[k]) for k in evals}, g, cfg=cfg, seed=seed)
@@ -103,8 +108,8 @@ def evaluate_squad(data: Path, dev: Path | None, *, version: str, encoder, groun
     knobs = {"max_length": cfg["squad_max_length"], "stride": cfg["stride"]}
     windows = {k: make_windows(s.questions, encoder.tokenizer, **knobs) for k, s in (("train", train), ("dev", dev_set))}
     if mode == "probe":
-        banks = {k: cached_states(squad_items(windows[k]), encoder, cache_root, task=f"squad{train.version}", split=k,
-                                  source=source_of(p, kind="squad-window", version=train.version, **knobs), cfg=cfg)[0]
+        banks = {k: cached_bank(squad_items(windows[k]), encoder, cache_root, task=f"squad{train.version}", split=k,
+                                source=source_of(p, kind="squad-window", version=train.version, **knobs), cfg=cfg)
                  for k, p in (("train", train_path), ("dev", dev_path))}
         gold = (np.array([w.start for w in windows["train"]]), np.array([w.end for w in windows["train"]]))
         run = lambda g, seed: probe_squad((banks["train"], *gold), (banks["dev"], windows["dev"], dev_set.questions),  # noqa: E731

@@ -3,13 +3,11 @@
     load_text_encoder(name, layer=-1, max_length=64, device="cpu", compute_dtype="float32") -> TextEncoder
     load_image_encoder(name, image_size=224, device="cpu", compute_dtype="float32") -> ImageEncoder
 
-Offline defaults: `offline:minilm`, `offline:dinov2-vits14` (see offline.py); tiny test encoders in tiny.py.
+Offline defaults: `offline:minilm`, `offline:dinov2-vits14` (see offline.py). The tiny random encoders of
+the tests live in tiny.py, imported from there: they are not among the encoders a user picks from.
 """
 from pipeline.encoders.image import ImageEncoder, load_image_encoder
 from pipeline.encoders.preprocess import Preprocess
 from pipeline.encoders.text import TextEncoder, Tokens, load_text_encoder
-from pipeline.encoders.tiny import (TINY_CNN_MODEL, TINY_IMAGE_MODEL, TINY_IMAGE_SIZE,
-                                    make_tiny_text_model)
 
-__all__ = ["ImageEncoder", "Preprocess", "TextEncoder", "Tokens", "load_image_encoder", "load_text_encoder",
-           "TINY_CNN_MODEL", "TINY_IMAGE_MODEL", "TINY_IMAGE_SIZE", "make_tiny_text_model"]
+__all__ = ["ImageEncoder", "Preprocess", "TextEncoder", "Tokens", "load_image_encoder", "load_text_encoder"]

@@ -1,6 +1,6 @@
 """torch.compile for the frozen image encoder: one fixed batch shape, weights frozen into the graph.
 
-Why: on the CPU the eager ViT spends ~30% of its time outside the matmul kernels (profile in the README):
+Why: on the CPU the eager ViT spends ~30% of its time outside the matmul kernels (profile in bench/RESULTS.md):
 addmm first copies the bias into its output, GELU, LayerNorm, layer scale and residual adds each make a
 pass over memory. Inductor fuses those passes, and with `freezing` it treats the weights as constants,
 so every Linear becomes a prepacked MKL / oneDNN kernel with its bias (and GELU) fused.

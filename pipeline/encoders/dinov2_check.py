@@ -94,8 +94,9 @@ def compare(weights: Path | None = None, sizes=(518, 224), image: Image.Image | 
     """{size: {max_abs_diff, mean_abs_diff, tokens}} of the converted model vs the ONNX graph, same pixels."""
     from pipeline.encoders.dinov2_onnx import load_timm_dinov2
     from pipeline.encoders.image import ImageEncoder
-    from pipeline.encoders.offline import onnx_path
+    from pipeline.encoders.offline import dinov2_weights, onnx_path
 
+    weights = dinov2_weights(weights)
     session = backbone_session(onnx_path())
     image = image if image is not None else photo_like()
     out = {}

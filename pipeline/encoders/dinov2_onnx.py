@@ -20,20 +20,19 @@ size (224 px -> 16 x 16) we resample it once, at load, the way timm does for its
 weights: `timm.layers.resample_abs_pos_embed`, bicubic with antialiasing (F.interpolate(mode="bicubic",
 align_corners=False, antialias=True)) over the patch rows, CLS row untouched. transformers' Dinov2 (and
 so the ONNX graph) interpolates at every forward without antialiasing, so at 224 px the two differ
-slightly; at 518 px they agree (see `check`, and the README for the measured numbers).
+slightly; at 518 px they agree (see `check`, and docs/encoders.md for the measured numbers).
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.errors import ConfigError
+from pipeline.io.atomic import atomic_path
+from pipeline.io.hashing import file_sha256
 
 TIMM_NAME = "vit_small_patch14_dinov2"
 PATCH, NATIVE_SIZE = 14, 518
@@ -112,14 +111,6 @@ def to_timm(hf: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- conversion and loading
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def create_timm(image_size: int) -> torch.nn.Module:
     import timm
 
@@ -134,20 +125,12 @@ def convert(onnx_file: Path, out: Path) -> Path:
     sd = to_timm(read_backbone(onnx_file))
     create_timm(NATIVE_SIZE).load_state_dict(sd, strict=True)  # every timm key matched, no extras
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        # One metadata key: safetensors keeps metadata in a hash map whose order changes per process,
-        # and the file must be byte-identical on every run (DVC, fingerprints).
-        about = {"timm_model": TIMM_NAME, "image_size": NATIVE_SIZE, "source": Path(onnx_file).name,
-                 "source_sha256": file_sha256(onnx_file)}
-        save_file(sd, tmp, metadata={"groundedbert": json.dumps(about, sort_keys=True)})
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the weights are not secret
-        os.replace(tmp, out)  # same folder: atomic; a concurrent converter writes the same bytes
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # One metadata key: safetensors keeps metadata in a hash map whose order changes per process,
+    # and the file must be byte-identical on every run (DVC, fingerprints).
+    about = {"timm_model": TIMM_NAME, "image_size": NATIVE_SIZE, "source": Path(onnx_file).name,
+             "source_sha256": file_sha256(onnx_file)}
+    with atomic_path(out) as tmp:  # a concurrent converter writes the same bytes, so either rename is fine
+        save_file(sd, str(tmp), metadata={"groundedbert": json.dumps(about, sort_keys=True)})
     return out
 
 
@@ -159,13 +142,11 @@ def resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.
                                   interpolation="bicubic", antialias=True)
 
 
-def load_timm_dinov2(image_size: int, weights: Path | None = None) -> tuple[torch.nn.Module, dict]:
-    """The timm model at image_size with the converted weights, and fingerprint extras."""
+def load_timm_dinov2(image_size: int, path: Path) -> tuple[torch.nn.Module, dict]:
+    """The timm model at image_size with the converted weights at `path` (offline.dinov2_weights() finds
+    or makes them), and fingerprint extras."""
     from safetensors.torch import load_file
 
-    from pipeline.encoders.offline import dinov2_weights
-
-    path = dinov2_weights(weights)
     try:
         sd = load_file(str(path))
     except Exception as e:  # a truncated or foreign file: say which, and how to rebuild it

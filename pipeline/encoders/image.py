@@ -14,7 +14,7 @@ A ViT with registers but no class token (timm's `class_token=False`, e.g. vit_ba
 has only registers in its prefix: `class_token` is False, the cache says so, and stage two uses the
 patch mean there too, since a register is no summary of the image.
 
-Speed (see compiled.py and the README's measurements): with `cast_weights` a reduced compute_dtype runs
+Speed (see compiled.py and bench/RESULTS.md): with `cast_weights` a reduced compute_dtype runs
 the model with its weights in that dtype (no per-op casts, bf16 kernels throughout) instead of autocast;
 with `compile` the forward is compiled once, for one batch shape, by torch.compile (Inductor).
 Both change the features' last bits, so both are in the encoder fingerprint.
@@ -28,7 +28,7 @@ import torch
 from pipeline.encoders.compiled import COMPILED, compile_forward, in_fixed_batches
 from pipeline.encoders.flops import counted_flops, is_plain_vit, vit_flops
 from pipeline.encoders.hashing import state_dict_sha256
-from pipeline.encoders.offline import IMAGE_NAMES, hub_hint
+from pipeline.encoders.offline import IMAGE_NAMES, dinov2_weights, hub_hint
 from pipeline.encoders.preprocess import Preprocess
 from pipeline.errors import ConfigError
 from pipeline.runtime import autocast, pick_device, torch_dtype
@@ -83,7 +83,7 @@ def _build(name: str, image_size: int) -> tuple[torch.nn.Module, dict]:
     if name == "offline:dinov2-vits14":
         from pipeline.encoders.dinov2_onnx import load_timm_dinov2
 
-        return load_timm_dinov2(image_size)
+        return load_timm_dinov2(image_size, dinov2_weights())
     if name.startswith("offline:"):
         raise ConfigError(f"image model {name!r}: unknown offline name; known: {', '.join(IMAGE_NAMES)}")
     if name.startswith("random:"):

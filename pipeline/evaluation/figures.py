@@ -17,6 +17,7 @@ patch (row, col) of a gh x gw grid covers [col/gw, (col+1)/gw) x [row/gh, (row+1
 from __future__ import annotations
 
 import math
+import io
 import textwrap
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from pipeline.cache_format import atomic_path
 from pipeline.evaluation.pointing import patches_in_box
+from pipeline.io.atomic import write_bytes_atomic
 
 PANELS_PER_ROW = 5
 PANEL_IN = 2.4            # width and height of one panel's cell, inches, without its title band
@@ -191,9 +192,9 @@ def draw_alignment(path: Path, image: np.ndarray, caption: str, phrases: list[tu
                 ax.plot([(col + 0.5) / gw], [(row + 0.5) / gh], marker="o", markersize=7, markerfacecolor="none",
                         markeredgecolor="#7dff4f", markeredgewidth=1.8, linestyle="none")
 
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                fig.savefig(f, format="png", dpi=dpi, facecolor="white")
+        png = io.BytesIO()   # rendered first: its size is known, and a full disk refuses it before a byte is written
+        fig.savefig(png, format="png", dpi=dpi, facecolor="white")
+        write_bytes_atomic(path, png.getbuffer())
     finally:
         fig.clear()
     return path

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cache_format import read_json
+from pipeline.cache.staleness import check_against_config, check_same_cache
 from pipeline.data.images import load_rgb
 from pipeline.data.loaders import load_split, resolve_image
 from pipeline.encoders.preprocess import Preprocess
@@ -17,9 +17,9 @@ from pipeline.evaluation.figures import draw_alignment
 from pipeline.evaluation.metrics import check_finite_scores, matching_accuracy, retrieval, roc_auc
 from pipeline.evaluation.pointing import box_in_crop, word_trials
 from pipeline.evaluation.scoring import encode_split, matching_pairs, retrieval_ranks
+from pipeline.io.jsonio import read_json
 from pipeline.runtime import pick_device
 from pipeline.training import checkpoint as ckpt
-from pipeline.training.cache_check import check_against_config, check_same_cache
 from pipeline.training.reader import SplitReader
 
 

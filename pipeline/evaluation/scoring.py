@@ -1,10 +1,12 @@
-"""Score every caption of a split against every image, in blocks, without holding the C x N matrix.
+"""Score every caption of a split against every image, in blocks, without holding the C x N matrix
+unless it is small.
 
 Retrieval needs whole rows (text->image) and whole columns (image->text). Rows come block by block;
 for columns, a first pass finds each image's best own-caption score and a second pass counts, block by
 block, the other captions that reach it (pipeline/evaluation/metrics.py). Memory stays at
 block_size x block_size x hidden floats whatever the split's size; the price is computing the scores
-twice, cheap next to the encoders this project no longer runs.
+twice, unless the whole score matrix fits KEEP_SCORES_BYTES (COCO's 5 000-image test split does), when
+the first pass keeps it for the second.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import torch
 
 from pipeline.evaluation.metrics import (best_own_scores, check_finite_scores, image_to_text_ahead,
                                          text_to_image_ranks)
+
+KEEP_SCORES_BYTES = 512 << 20   # above this the second pass recomputes the scores instead of keeping them
 
 
 @torch.no_grad()
@@ -46,6 +50,9 @@ def retrieval_ranks(model, t0: torch.Tensor, vbar: torch.Tensor, gold: np.ndarra
     """0-based text->image rank of every caption and image->text rank of every image with captions.
     source: the checkpoint the model came from, named in the error if a block has a non-finite score."""
     n_images = vbar.shape[0]
+    # The pair MLP over every caption x image dominates evaluation (quadratic in the split): when the whole
+    # score matrix is small (a 5 000-image / 25 000-caption split: 500 MB), the first pass keeps it.
+    kept = [] if len(gold) * n_images * 4 <= KEEP_SCORES_BYTES else None
     t2i, gold_scores = [], []
     for i in range(0, len(gold), block):
         scores = score_block(model, t0[i:i + block], vbar, block)
@@ -54,12 +61,16 @@ def retrieval_ranks(model, t0: torch.Tensor, vbar: torch.Tensor, gold: np.ndarra
         g = gold[i:i + block]
         t2i.append(text_to_image_ranks(scores, g))
         gold_scores.append(scores[np.arange(len(g)), g])
+        if kept is not None:
+            kept.append(scores)
     best = best_own_scores(np.concatenate(gold_scores), gold, n_images)
     ahead = np.zeros(n_images, dtype=np.int64)
-    for i in range(0, len(gold), block):
-        # The second pass computes the same scores again; checked again (cheap) rather than trusted.
-        scores = score_block(model, t0[i:i + block], vbar, block)
-        check_finite_scores(scores, _block_name(i, len(scores), len(gold), n_images), source, first_row=i)
+    for k, i in enumerate(range(0, len(gold), block)):
+        if kept is not None:
+            scores, kept[k] = kept[k], None
+        else:   # the second pass computes the same scores again; checked again (cheap) rather than trusted
+            scores = score_block(model, t0[i:i + block], vbar, block)
+            check_finite_scores(scores, _block_name(i, len(scores), len(gold), n_images), source, first_row=i)
         ahead += image_to_text_ahead(scores, gold[i:i + block], best)
     return np.concatenate(t2i), ahead[np.isfinite(best)]
 

@@ -1,42 +1,32 @@
 """Taking a split folder for extraction: the lock, stray temporary files, the plan, --overwrite.
 
-A process that extracts into a folder holds a shared lock on `.lock` for its whole run. Cleaning up
-`.tmp-*` files (what a killed run leaves) and deleting a cache for `--overwrite` need the exclusive
-lock, so they can never pull a temporary file from under another process writing into the same
-folder (two `--shards` runs side by side, or the ranks of a torchrun job).
+One extraction job at a time in a split folder: its leader (the only process, or rank 0 under torchrun)
+holds the folder's lock (pipeline/io/locks.py) from before it cleans up until the manifest is written, and
+the other ranks of its job work under it. So two jobs never compute the same shards, and the leader can
+remove `.tmp-*` files (what a killed run leaves) and delete a cache for `--overwrite` knowing that nobody
+is writing into the folder.
 """
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
 from pathlib import Path
 
-from pipeline.cache_format import MANIFEST, PLAN, REPORT, RUN_LOG, check_fingerprint, read_json, write_json_atomic
+from pipeline.cache.fingerprint import check_fingerprint
+from pipeline.cache.format import MANIFEST, PLAN, REPORT, RUN_LOG
 from pipeline.errors import CacheError
+from pipeline.io.atomic import write_json_atomic
+from pipeline.io.jsonio import read_json
+from pipeline.io.locks import LOCK_NAME, FolderLock, lock_folder
 
-LOCK = ".lock"
-OURS_FILES = {PLAN, MANIFEST, REPORT, RUN_LOG, LOCK}
+OURS_FILES = {PLAN, MANIFEST, REPORT, RUN_LOG, LOCK_NAME}
 OURS_DIRS = {"text", "image"}
+TASK = "extraction"
+BUSY_HINT = ("wait for it to finish, or run `groundedbert extract` again with --wait to start once it has "
+             "(it then computes only what that one left undone)")
 
 
-class SplitLock:
-    def __init__(self, split_dir: Path):
-        Path(split_dir).mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(Path(split_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-
-    def try_exclusive(self) -> bool:
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-
-    def shared(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_SH)  # blocks only while someone holds the exclusive lock
-
-    def close(self) -> None:
-        os.close(self.fd)  # releases the lock
+def lock_split(split_dir: Path, wait: bool = False) -> FolderLock:
+    return lock_folder(split_dir, task=TASK, wait=wait, hint=BUSY_HINT)
 
 
 def remove_stray_temporaries(split_dir: Path) -> list[Path]:
@@ -74,35 +64,26 @@ def delete_cache(split_dir: Path) -> None:
         (Path(split_dir) / name).unlink(missing_ok=True)
 
 
-def take(split_dir: Path, plan: dict, *, overwrite: bool, leader: bool) -> SplitLock:
-    """Lock the folder, and (leader only) clean up, check or write the plan. Returns the held lock.
+def take(split_dir: Path, plan: dict, *, overwrite: bool, leader: bool, wait: bool = False) -> FolderLock | None:
+    """The leader locks the folder, cleans up, and checks or writes the plan; it returns the held lock.
+    The other ranks of its job (called after a barrier) only check the plan.
 
     Without --overwrite a plan made with another fingerprint is a CacheError naming the fields."""
     split_dir = Path(split_dir)
-    lock = SplitLock(split_dir)
+    if not leader:
+        check_fingerprint(split_dir, plan["fingerprint"])
+        return None
+    lock = lock_split(split_dir, wait)
     try:
-        if leader:
-            _lead(split_dir, plan, lock, overwrite)
-        lock.shared()  # converts the leader's exclusive lock; followers wait here while the leader cleans
-        if not leader:
-            check_fingerprint(split_dir, plan["fingerprint"])
+        remove_stray_temporaries(split_dir)
+        if (split_dir / PLAN).exists():
+            if overwrite and read_json(split_dir / PLAN) != plan:
+                delete_cache(split_dir)
+            else:
+                check_fingerprint(split_dir, plan["fingerprint"])
+        if not (split_dir / PLAN).exists():
+            write_json_atomic(split_dir / PLAN, plan)
     except BaseException:
-        lock.close()
+        lock.release()
         raise
     return lock
-
-
-def _lead(split_dir: Path, plan: dict, lock: SplitLock, overwrite: bool) -> None:
-    exclusive = lock.try_exclusive()
-    if exclusive:
-        remove_stray_temporaries(split_dir)
-    if (split_dir / PLAN).exists():
-        if overwrite and read_json(split_dir / PLAN) != plan:
-            if not exclusive:
-                raise CacheError(f"file {split_dir}: another extraction is running in this folder; "
-                                 "--overwrite cannot delete it now")
-            delete_cache(split_dir)
-        else:
-            check_fingerprint(split_dir, plan["fingerprint"])
-    if not (split_dir / PLAN).exists():
-        write_json_atomic(split_dir / PLAN, plan)  # same content from any writer: concurrent writes are harmless

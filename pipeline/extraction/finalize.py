@@ -15,14 +15,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.cache_format import MANIFEST, REPORT, RUN_LOG, file_sha256, write_json_atomic
+from pipeline.cache.format import MANIFEST, REPORT, RUN_LOG, missing_shards
 from pipeline.extraction import distributed
 from pipeline.extraction.distributed import World
-
-
-def missing_shards(split_dir: Path, plan: dict) -> dict[str, list[int]]:
-    return {m: [i for i, s in enumerate(entries) if not (Path(split_dir) / s["file"]).exists()]
-            for m, entries in plan["shards"].items()}
+from pipeline.io.atomic import write_json_atomic
+from pipeline.io.hashing import file_sha256
 
 
 def describe_shard(split_dir: Path, modality: str, entry: dict) -> dict:
@@ -70,13 +67,14 @@ def build_manifest(plan: dict, described: dict) -> dict:
     return manifest
 
 
-def skipped_images(split_dir: Path, plan: dict) -> list[dict]:
+def skipped_images(split_dir: Path, plan: dict, attr: str = "skipped") -> list[dict]:
+    """The records the image shards keep in `attr`: "skipped" (left out) or "warnings" (encoded, with a problem)."""
     out = []
     for entry in plan["shards"].get("image", []):
         path = Path(split_dir) / entry["file"]
         if path.exists():
             with h5py.File(path, "r") as f:
-                out += json.loads(f.attrs.get("skipped", "[]"))
+                out += json.loads(f.attrs.get(attr, "[]"))
     return out
 
 
@@ -91,6 +89,7 @@ def finalize(split_dir: Path, plan: dict, world: World, *, timings: dict, skippe
     manifest = build_manifest(plan, described)
     report = {"skipped": {"captions": skipped_captions, "images": skipped_images(split_dir, plan),
                           "captions_of_skipped_images": sorted(dropped)},
+              "warnings": {"images": skipped_images(split_dir, plan, "warnings")},
               "truncated_captions": manifest["totals"].get("text", {}).get("truncated", 0)}
     write_json_atomic(Path(split_dir) / REPORT, report)
     write_json_atomic(Path(split_dir) / RUN_LOG, {"timing": timings, **(extra or {})})

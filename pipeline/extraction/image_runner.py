@@ -3,7 +3,7 @@
 With num_workers=0 (the default) the main process decodes (`load_rgb`) and preprocesses each batch just
 before encoding it, on a pool of as many threads as torch uses (Pillow and numpy release the GIL): on a
 CPU the encoder already keeps every core busy, and worker processes decoding beside it only preempt its
-threads, which then wait for each other at every operator (measured on 2 cores: README). With
+threads, which then wait for each other at every operator (measured on 2 cores: bench/RESULTS.md). With
 num_workers > 0, DataLoader workers decode while the main process runs the encoder, so a GPU need not wait
 for JPEG decoding. A bad image does not kill a worker: the worker returns the
 DataError as data and the main process applies the --on-error policy, so 'fail' stops with the
@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pipeline.cache_format import shard_path, write_image_shard
+from pipeline.cache.format import shard_path, write_image_shard
 from pipeline.data import load_rgb
 from pipeline.errors import BadItems, DataError
 from pipeline.extraction.plan import ImageItem, shard_ranges
@@ -40,29 +40,23 @@ class DecodeDataset(Dataset):
     def __getitem__(self, index: int):
         item = self.items[index]
         path = Path(item.path) if Path(item.path).is_absolute() else self.root / item.path
+        notes = []   # problems that leave the image usable (a broken EXIF block): reported, not skipped
         try:
-            img = load_rgb(path, item=f"image {item.image_id}")
+            img = load_rgb(path, item=f"image {item.image_id}", warnings_out=notes)
         except DataError as e:
-            return index, None, None, e.reason
-        return index, self.preprocess(img), img.size, None
+            return index, None, None, e.reason, []
+        return index, self.preprocess(img), img.size, None, notes
 
 
 def collate(rows):
     good = [r for r in rows if r[1] is not None]
     pixels = torch.stack([r[1] for r in good]) if good else None
     return {"index": [r[0] for r in good], "pixels": pixels, "sizes": [r[2] for r in good],
-            "bad": [(r[0], r[3]) for r in rows if r[1] is None]}
+            "bad": [(r[0], r[3]) for r in rows if r[1] is None], "warnings": [(r[0], r[4]) for r in rows if r[4]]}
 
 
 def _worker_init(_):
     torch.set_num_threads(1)  # decoding is per-image work; threads would only fight the encoder
-
-
-def skipped_in_shard(path: Path) -> list[dict]:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return json.loads(f.attrs.get("skipped", "[]"))
 
 
 def extract_images(items: list[ImageItem], encoder, images_root: Path, split_dir: Path, *, shard_size: int,
@@ -104,6 +98,9 @@ def extract_images(items: list[ImageItem], encoder, images_root: Path, split_dir
                 # where the images folder happens to be mounted.
                 acc["skipped"].append({"file": item.path, "item": f"image {item.image_id}", "image_id": item.image_id,
                                        "reason": reason})
+            for index, notes in batch["warnings"]:   # the path as the captions file gives it, as for skipped ones
+                acc["warnings"] += [{**note, "file": items[index].path, "image_id": items[index].image_id}
+                                    for note in notes]
             if batch["pixels"] is not None:
                 with timer.phase("infer"):
                     patches, prefix = encoder.encode(batch["pixels"].to(encoder.device, non_blocking=pin))
@@ -132,7 +129,7 @@ def _abs(root: Path, item: ImageItem) -> Path:
 
 
 def _new_acc() -> dict:
-    return {"patches": [], "prefix": [], "ids": [], "sizes": [], "skipped": []}
+    return {"patches": [], "prefix": [], "ids": [], "sizes": [], "skipped": [], "warnings": []}
 
 
 def _write(split_dir: Path, shard: int, acc: dict, encoder, storage_dtype: str) -> None:
@@ -143,4 +140,6 @@ def _write(split_dir: Path, shard: int, acc: dict, encoder, storage_dtype: str) 
     write_image_shard(shard_path(split_dir, "image", shard), patches=patches, prefix=prefix, image_ids=acc["ids"],
                       sizes=sizes, grid=encoder.grid, num_prefix_tokens=encoder.num_prefix_tokens,
                       class_token=encoder.class_token, storage_dtype=storage_dtype,
-                      attrs={"skipped": json.dumps(acc["skipped"], sort_keys=True)})
+                      attrs={"skipped": json.dumps(acc["skipped"], sort_keys=True),
+                             # Only when there are some: the shards of sound images keep their bytes.
+                             **({"warnings": json.dumps(acc["warnings"], sort_keys=True)} if acc["warnings"] else {})})

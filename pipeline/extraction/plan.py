@@ -1,12 +1,10 @@
-"""The shard plan and the fingerprint: what a split's cache will hold, decided before any shard is written.
+"""The shard plan: what a split's cache will hold, decided before any shard is written.
 
 Items (captions or unique images) are sorted by id and cut into contiguous runs of `shard_size`;
 shard i goes to rank i % world (clip-retrieval's `index % count`), so any worker can take any shard
 and the shards' contents never depend on how many workers there were.
 
-The fingerprint holds everything that determines the bytes. Its "encoder" entries (weight hashes,
-tokenizer hash, preprocessing) need the models loaded; the rest (`cheap_part`) does not, which is
-what lets a rerun with nothing to do finish without loading a model.
+The plan records the split's fingerprint (pipeline/cache/fingerprint.py), everything that determines the bytes.
 """
 from __future__ import annotations
 
@@ -16,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.cache_format import FORMAT_VERSION, shard_path
+from pipeline.cache.format import FORMAT_VERSION, shard_path
 from pipeline.encoders import Tokens
 from pipeline.errors import ConfigError, DataError
 from pipeline.records import CaptionRecord, unique_images
@@ -136,22 +134,3 @@ def items_digest(items: list[TextItem]) -> dict:
         # Segment ids change the states; a caption (no segments) keeps its pre-existing digest.
         return base if types is None or not np.any(types) else base + (np.asarray(types).tolist(),)
     return {"items": len(rows), "items_sha256": _rows_sha256(row(it) for it in rows)}
-
-
-def make_fingerprint(*, modalities: list[str], split: dict, shard_size: int, storage_dtype: str,
-                     compute_dtype: str, text: dict | None = None, image: dict | None = None) -> dict:
-    """`text`/`image` hold the configured model name and knobs and, once loaded, the encoder's own
-    fingerprint under "encoder"."""
-    fp = {"format_version": FORMAT_VERSION, "modalities": sorted(modalities), "split": split,
-          "shard_size": int(shard_size), "storage_dtype": storage_dtype, "compute_dtype": compute_dtype}
-    if text is not None:
-        fp["text"] = text
-    if image is not None:
-        fp["image"] = image
-    return fp
-
-
-def cheap_part(fingerprint: dict) -> dict:
-    """The fingerprint without the entries that need a loaded model."""
-    return {k: ({kk: vv for kk, vv in v.items() if kk != "encoder"} if isinstance(v, dict) else v)
-            for k, v in fingerprint.items()}

@@ -1,6 +1,6 @@
 """One extraction job from start to finish, on one rank of a world of any size.
 
-    take the folder (lock, clean `.tmp-*`, check or write plan.json)
+    take the folder (lock: one job at a time; clean `.tmp-*`, check or write plan.json)
     -> image shards of this rank -> barrier
     -> caption shards of this rank (captions of skipped images left out) -> barrier
     -> checksums spread over the ranks -> rank 0 writes report.json, then manifest.json
@@ -14,18 +14,18 @@ import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.cache_format import (MANIFEST, PLAN, check_fingerprint, field_value, fingerprint_diff, read_json,
-                                   shard_path)
+from pipeline.cache.fingerprint import cheap_part, check_fingerprint, field_value, fingerprint_diff, make_fingerprint
+from pipeline.cache.format import MANIFEST, PLAN, missing_shards, shard_path
 from pipeline.errors import BadItems, CacheError
 from pipeline.extraction import distributed
 from pipeline.extraction.directory import take
 from pipeline.extraction.distributed import World
-from pipeline.extraction.finalize import finalize, missing_shards, skipped_images
+from pipeline.extraction.finalize import finalize, skipped_images
 from pipeline.extraction.image_runner import extract_images
-from pipeline.extraction.plan import (ImageItem, TextItem, cheap_part, items_digest, make_fingerprint,
-                                      make_plan, my_shards, shard_ranges, check_unique)
+from pipeline.extraction.plan import ImageItem, TextItem, items_digest, make_plan, my_shards, shard_ranges, check_unique
 from pipeline.extraction.text_runner import extract_text
 from pipeline.extraction.timing import merge_summaries
+from pipeline.io.jsonio import read_json
 
 
 @dataclass
@@ -78,18 +78,22 @@ def up_to_date(split_dir: Path, cheap_fingerprint: dict, overwrite: bool = False
 def run(split_dir: Path, fingerprint: dict, *, text: TextJob | None = None, image: ImageJob | None = None,
         shard_size: int, storage_dtype: str = "float16", shards: list[int] | None = None,
         overwrite: bool = False, world: World | None = None, progress: bool = True,
-        skipped_captions: list[dict] | None = None, extra_report: dict | None = None) -> Outcome:
+        skipped_captions: list[dict] | None = None, extra_report: dict | None = None, wait: bool = False) -> Outcome:
+    """Extract what is missing. Another job holding the folder is a FolderBusyError naming it, or with `wait`
+    is waited for; a job that waited may then find everything done, and returns `up_to_date`."""
     world = world or World()
     split_dir = Path(split_dir)
     if text is not None:
         check_unique([t.item_id for t in text.items], "caption")
     plan = make_plan(fingerprint, [t.item_id for t in text.items] if text else None,
                      [i.image_id for i in image.items] if image else None, shard_size)
-    lock = take(split_dir, plan, overwrite=overwrite, leader=True) if world.leader else None
+    lock = take(split_dir, plan, overwrite=overwrite, leader=True, wait=wait) if world.leader else None
     distributed.barrier()  # followers read the plan only after the leader has cleaned up and written it
     if not world.leader:
-        lock = take(split_dir, plan, overwrite=False, leader=False)
+        take(split_dir, plan, overwrite=False, leader=False)
     try:
+        if (split_dir / MANIFEST).exists() and not any(missing_shards(split_dir, plan).values()):
+            return Outcome(complete=True, up_to_date=True, manifest=read_json(split_dir / MANIFEST))
         timings, deferred = {}, []
         if image is not None:
             mine = my_shards(len(plan["shards"]["image"]), world.rank, world.size, shards)
@@ -122,7 +126,8 @@ def run(split_dir: Path, fingerprint: dict, *, text: TextJob | None = None, imag
         return Outcome(complete=not any(missing.values()), deferred_text=deferred, missing=missing,
                        manifest=manifest)
     finally:
-        lock.close()
+        if lock is not None:
+            lock.release()
 
 
 def ready_text_shards(texts: list[TextItem], images: list[ImageItem], split_dir: Path, shard_size: int,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.cache_format import shard_path, write_text_shard
+from pipeline.cache.format import shard_path, write_text_shard
 from pipeline.extraction.plan import TextItem, shard_ranges
 from pipeline.extraction.timing import Timer
 

@@ -10,16 +10,19 @@ A run directory:
 
 Every checkpoint holds only tensors and plain Python values, so it loads with
 `torch.load(weights_only=True)` (no pickled code runs), and is written to a temporary file renamed into
-place, so a kill during the save leaves the previous checkpoint intact.
+place, so a kill during the save leaves the previous checkpoint intact. It is serialised in memory first, so
+a disk too full for it is a DiskFullError before anything is written, the previous checkpoint kept.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 
-from pipeline.cache_format import atomic_path, fingerprint_diff
+from pipeline.cache.fingerprint import fingerprint_diff
 from pipeline.errors import TrainingError
+from pipeline.io.atomic import write_bytes_atomic
 from pipeline.modules import GroundingModel
 
 LAST, BEST = "last.pt", "best.pt"
@@ -36,8 +39,9 @@ def save(path: Path, *, model: GroundingModel, optimizer, generator: torch.Gener
     payload = {"model": model.state_dict(), "dims": dict(model.dims), "optimizer": optimizer.state_dict(),
                "generator": generator.get_state(), "step": int(step), "epoch": int(epoch), "config": config,
                "cache": cache, "best_val": float(best_val), "bad_epochs": int(bad_epochs)}
-    with atomic_path(Path(path)) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()   # serialised first: its size is known, and a full disk refuses it before a byte is written
+    torch.save(payload, buffer)
+    write_bytes_atomic(Path(path), buffer.getbuffer())
 
 
 def load(path: Path, map_location="cpu") -> dict:

@@ -8,6 +8,7 @@ L = L_match + lambda * (L_ot + w_hinge * L_hinge) + w_local * L_local.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 
@@ -17,8 +18,8 @@ from tqdm import tqdm
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses import (matching_bce, mean_pairwise_cosine, ot_alignment_loss, ot_hinge, pick_negatives,
                              token_contrastive)
-from pipeline.ot_solvers import ConvergenceTally
 from pipeline.training.schedule import learning_rate, set_learning_rate
+from pipeline.transport import ConvergenceTally, TransportInputError
 
 
 def amp_context(device: torch.device, amp: str):
@@ -87,10 +88,12 @@ def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, am
 
 
 def train_one_epoch(model, loader, optimizer, cfg: dict, device, state: dict, generator, live=None,
-                    total_captions: int | None = None, *, class_token: bool) -> dict:
+                    total_captions: int | None = None, *, class_token: bool,
+                    caption_ids: list[str] | None = None) -> dict:
     """Run one epoch; `state` carries step and total_steps across epochs. Returns epoch means, the
     fraction of the epoch's wall time spent waiting for data and, with the OT on, the share of the epoch's
-    plans that did not reach train.ot_tol (ot_unconverged) and the largest marginal error."""
+    plans that did not reach train.ot_tol (ot_unconverged) and the largest marginal error. caption_ids (the
+    split's, indexed by a batch's caption_index) name the batch's captions should a loss not be finite."""
     model.train()
     amp = amp_context(device, cfg["amp"])
     with_ot = cfg["lambda_ot"] > 0
@@ -104,15 +107,19 @@ def train_one_epoch(model, loader, optimizer, cfg: dict, device, state: dict, ge
         batch = to_device(batch, device)
         lr = learning_rate(state["step"], state["total_steps"], cfg["lr"], cfg["warmup_steps"])
         set_learning_rate(optimizer, lr)
-        losses = forward_losses(model, batch, cfg, generator, amp, with_ot, class_token=class_token, ot_tally=tally)
+        try:
+            losses = forward_losses(model, batch, cfg, generator, amp, with_ot, class_token=class_token, ot_tally=tally)
+        except TransportInputError as error:   # the model's outputs gave the OT a non-finite cost
+            raise TrainingError(_nan_message(state, {}, batch, caption_ids,
+                                             culprit=f"the ot loss term cannot be computed ({error})")) from error
         loss = losses["loss"]
         if not torch.isfinite(loss):
-            raise TrainingError(_nan_message(state, losses))
+            raise TrainingError(_nan_message(state, losses, batch, caption_ids))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         if not torch.isfinite(grad_norm):
-            raise TrainingError(_nan_message(state, losses, what="gradient norm"))
+            raise TrainingError(_nan_message(state, losses, batch, caption_ids, what="gradient norm"))
         optimizer.step()
         state["step"] += 1
 
@@ -156,8 +163,19 @@ def evaluate_loss(model, loader, cfg: dict, device, seed: int, *, class_token: b
     return {k: v / max(items, 1) for k, v in sums.items()}
 
 
-def _nan_message(state: dict, losses: dict, what: str = "loss") -> str:
-    parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-    return (f"step {state['step']} (epoch {state['epoch']}): the {what} is not finite ({parts}); training "
-            f"stopped. The last good checkpoint is kept at {state['last_checkpoint']}. Lower train.lr or "
-            f"check the cache for non-finite features (`groundedbert cache verify`).")
+def _nan_message(state: dict, losses: dict, batch: dict, caption_ids: list[str] | None, what: str = "loss",
+                 culprit: str | None = None) -> str:
+    """One line: where (epoch, step, the batch's captions), which loss term first, and what to do."""
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    terms = [k for k, v in values.items() if k != "loss" and not math.isfinite(v)]
+    if culprit is None:
+        culprit = f"the {terms[0]} loss term is not finite" if terms else f"the {what} is not finite"
+    index = batch["caption_index"].tolist()
+    shown = [caption_ids[i] for i in index[:5]] if caption_ids is not None else [f"#{i}" for i in index[:5]]
+    more = f" and {len(index) - len(shown)} more" if len(index) > len(shown) else ""
+    parts = f" ({', '.join(f'{k}={v:.4g}' for k, v in values.items())})" if values else ""
+    kept = (f"The last good checkpoint is kept at {state['last_checkpoint']}" if state["last_checkpoint"].exists()
+            else "No epoch finished, so there is no checkpoint")
+    return (f"epoch {state['epoch'] + 1}, step {state['step'] + 1}: {culprit}{parts} on the batch of captions "
+            f"{', '.join(shown)}{more}; training stopped. {kept}. Lower train.lr or check the cache for "
+            f"non-finite features (`groundedbert cache verify`).")

@@ -10,19 +10,19 @@ from pathlib import Path
 import torch
 from dvclive import Live
 
-from pipeline.cache_format import atomic_path
+from pipeline.cache.staleness import check_against_config, check_same_cache, identity
 from pipeline.config import save_resolved
 from pipeline.errors import TrainingError
+from pipeline.io.atomic import atomic_path
 from pipeline.modules import GroundingModel
 from pipeline.runtime import pick_device, seed_everything
 from pipeline.training import checkpoint as ckpt
-from pipeline.training.cache_check import check_against_config, check_same_cache, identity
 from pipeline.training.engine import evaluate_loss, train_one_epoch
 from pipeline.training.reader import SplitReader, epoch_loader
 
 
 TIMINGS = ("items_per_s", "data_wait_fraction")
-# Above this share of an epoch's OT plans stopping at train.ot_max_iter before train.ot_tol, the run says so
+# Above this share of an epoch's OT plans stopping at their iteration budget before train.ot_tol, the run says so
 # (once): the loss then follows plans that are not the optimum the method describes.
 UNCONVERGED_WARN_SHARE = 0.01
 
@@ -142,7 +142,7 @@ def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log, epoch
                                   num_workers=cfg["num_workers"])
             train_stats = train_one_epoch(model, loader, optimizer, cfg, device, state, generator, live,
                                           total_captions=train_reader.num_captions,
-                                          class_token=train_reader.class_token)
+                                          class_token=train_reader.class_token, caption_ids=train_reader.caption_ids)
             val_stats = evaluate_loss(model, epoch_loader(val_reader, cfg["batch_size"], seed=None), cfg, device,
                                       seed=cfg["seed"], class_token=val_reader.class_token)
             if not math.isfinite(val_stats["loss"]):
@@ -188,7 +188,8 @@ def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log, epoch
 
 def _unconverged_warning(epoch: int, stats: dict, cfg: dict) -> str:
     return (f"warning: epoch {epoch}: {100 * stats['ot_unconverged']:.1f}% of the OT plans stopped at "
-            f"train.ot_max_iter={cfg['ot_max_iter']} iterations before their marginal error reached "
+            f"their iteration budget (train.ot_max_iter={cfg['ot_max_iter']}, more at small epsilon) before their "
+            f"marginal error reached "
             f"train.ot_tol={cfg['ot_tol']:g} (largest {stats['ot_max_marginal_error']:.3g}); the OT loss follows "
             f"those unfinished plans. Raise train.ot_max_iter, or loosen train.epsilon (now {cfg['epsilon']:g}; a "
             f"larger epsilon converges in fewer iterations). Shown once per run; dvclive logs "

@@ -2,9 +2,10 @@
 
 A split whose shards fit in `memory_budget_gb` is read into memory once (in its storage dtype, float16 by
 default, so it costs what it weighs on disk). A larger one streams: each text shard is read whole when
-its turn comes, its captions shuffled within it, and each batch gathers its images' rows from the image
-shards, whose one-chunk-per-image layout makes a row gather cheap. Both cases share one shape: the
-split is a list of text "shards" (one in memory, or the files) and of image shards.
+its turn comes, its captions shuffled within it, with its images when they are a compact run of rows
+(`load_image_block`); otherwise each batch gathers its images' rows from the image shards (one chunk per
+image). Both cases share one shape: the split is a list of text "shards" (one in memory, or the files)
+and of image shards.
 
 Captions join their image by row index, and a batch holds each of its unique images once, however
 many of its captions share it. Token states are padded per batch to the batch's longest caption.
@@ -24,11 +25,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.cache_format import (_read_shard, check_shards_agree, decode_ids, load_images, load_text,
-                                   open_manifest, prefix_has_class_token, shard_files)
+from pipeline.cache.format import (_read_shard, check_shards_agree, decode_ids, open_manifest, prefix_has_class_token,
+                                   shard_files)
 from pipeline.errors import CacheError
+from pipeline.finite_features import check_image_rows, check_text_states
 
 TEXT_META = ("offsets", "caption_ids", "image_ids")
+IMAGE_BLOCK_BYTES = 256 << 20   # the most a streamed text shard's images are read at once (per worker)
 TEXT_DATA = ("states", "offsets", "token_ids", "char_spans")
 
 
@@ -66,25 +69,51 @@ class SplitReader:
         self.caption_image = np.array([rows[i] for i in self.caption_image_ids], dtype=np.int64)
         self._handles: dict = {}
         self._pid = None
+        self._block = None   # streaming: (first row, end row, patches, prefix) of the current text shard's images
 
     # ------------------------------------------------------------------------- loading
 
     def _load_all(self) -> None:
-        text, images = load_text(self.split_dir), load_images(self.split_dir)
-        self.caption_ids, self.caption_image_ids = text.caption_ids, text.image_ids
-        self.text_shards = [{"states": text.states, "offsets": text.offsets, "token_ids": text.token_ids,
-                             "char_spans": text.char_spans}]
-        self.caption_shard = np.zeros(len(text.caption_ids), dtype=np.int64)
-        self.caption_local = np.arange(len(text.caption_ids), dtype=np.int64)
-        # Epoch plans follow the files' shards even in memory: otherwise the same seed would give other
-        # batches (other negatives, another training run) depending on whether the split fits the budget.
-        counts = [len(_read_shard(p, ("offsets",))["offsets"]) - 1 for p in self.text_files]
-        self.caption_file_shard = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-        if len(self.caption_file_shard) != len(text.caption_ids):
+        """Every shard into arrays sized up front, one shard at a time: the peak is the split plus one
+        shard, never the split twice (as concatenating the shards would take)."""
+        self._load_metadata()
+        # Epoch plans follow the files' shards even in memory (caption_file_shard, from the metadata):
+        # otherwise the same seed would give other batches (other negatives, another training run)
+        # depending on whether the split fits the budget.
+        text = [_read_shard(p, ("offsets",)) for p in self.text_files]
+        tokens = [int(t["offsets"][-1]) for t in text]
+        with h5py.File(self.text_files[0], "r") as f:
+            d_t, dtype = f["states"].shape[1], f["states"].dtype
+        merged = {"states": np.empty((sum(tokens), d_t), dtype), "token_ids": np.empty(sum(tokens), np.int32),
+                  "char_spans": np.empty((sum(tokens), 2), np.int32)}
+        offsets, row = [np.zeros(1, np.int64)], 0
+        for path, n in zip(self.text_files, tokens):
+            part = _read_shard(path, TEXT_DATA)
+            if int(part["offsets"][-1]) != n or len(part["states"]) != n:
+                raise CacheError(f"file {path}: the shard's offsets disagree with its token states")
+            check_text_states(path, part["states"], part["offsets"])
+            for k in merged:
+                merged[k][row:row + n] = part[k]
+            offsets.append(part["offsets"][1:] + row)
+            row += n
+        merged["offsets"] = np.concatenate(offsets)
+        if len(merged["offsets"]) - 1 != len(self.caption_ids):
             raise CacheError(f"file {self.split_dir}: the text shards' offsets disagree with their captions")
-        self.patches, self.prefix = images.patches, images.prefix
-        self.image_ids, self.sizes, self.grid = images.image_ids, images.sizes, images.grid
-        self.class_token = images.class_token
+        self.text_shards = [merged]
+        self.caption_shard = np.zeros(len(self.caption_ids), dtype=np.int64)
+        self.caption_local = np.arange(len(self.caption_ids), dtype=np.int64)
+        patches = prefix = None
+        for s, path in enumerate(self.image_files):
+            part = _read_shard(path, ("patches", "prefix"))
+            check_image_rows(path, part["patches"], part["prefix"])
+            if patches is None:
+                patches = np.empty((self.num_images,) + part["patches"].shape[1:], part["patches"].dtype)
+                prefix = np.empty((self.num_images,) + part["prefix"].shape[1:], part["prefix"].dtype)
+            rows = np.flatnonzero(self.image_shard == s)
+            if len(rows) != len(part["patches"]) or part["patches"].shape[1:] != patches.shape[1:]:
+                raise CacheError(f"file {path}: the shard's patches disagree with the split's other shards")
+            patches[rows], prefix[rows] = part["patches"], part["prefix"]
+        self.patches, self.prefix = patches, prefix
 
     def _load_metadata(self) -> None:
         self.caption_ids, self.caption_image_ids, shard_of, local = [], [], [], []
@@ -99,6 +128,10 @@ class SplitReader:
         self.caption_shard = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int64)
         self.caption_local = np.concatenate(local) if local else np.zeros(0, np.int64)
         self.caption_file_shard = self.caption_shard
+        if not self.caption_ids:
+            raise CacheError(f"file {self.split_dir}: the split has no captions")
+        if not self.image_files:
+            raise CacheError(f"file {self.split_dir}: the split has no images")
         self.image_ids, sizes, counts, attrs = [], [], [], []
         for path in self.image_files:
             meta = _read_shard(path, ("image_ids", "sizes"))
@@ -125,20 +158,57 @@ class SplitReader:
                 raise CacheError(f"file {path}: cannot open shard ({e})") from e
         return self._handles[path]
 
-    def __getstate__(self):   # what a spawned worker receives: never the open handles
+    def __getstate__(self):   # what a spawned worker receives: never the open handles, nor an image block
         state = dict(self.__dict__)
-        state["_handles"], state["_pid"] = {}, None
+        state["_handles"], state["_pid"], state["_block"] = {}, None, None
         return state
 
     def text_shard(self, s: int) -> dict:
         if self.text_shards[s] is not None:
             return self.text_shards[s]
-        return _read_shard(self.text_files[s], TEXT_DATA)
+        part = _read_shard(self.text_files[s], TEXT_DATA)
+        check_text_states(self.text_files[s], part["states"], part["offsets"])
+        return part
+
+    def load_image_block(self, captions: np.ndarray) -> None:
+        """Streaming: read the images of these captions (a text shard's) as one contiguous run of rows, when
+        the run is compact, so each batch gathers its rows from memory. Captions and images are both stored
+        sorted by id, so a text shard's images are usually consecutive (COCO: 1 024 captions, ~205 images,
+        40 MB); a contiguous read costs a fraction of the CPU of per-row gathers from HDF5, which on a busy
+        machine is what slows a streamed step, not waiting for the disk. Otherwise rows are gathered per batch."""
+        self._block = None
+        if self.patches is not None or len(captions) == 0:
+            return
+        rows = np.unique(self.caption_image[captions])
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        row_bytes = self._image_row_bytes()
+        if hi - lo > 2 * len(rows) or (hi - lo) * row_bytes > IMAGE_BLOCK_BYTES:
+            return
+        parts = []
+        for s in np.unique(self.image_shard[lo:hi]):
+            span = np.flatnonzero(self.image_shard[lo:hi] == s) + lo
+            a, b = int(self.image_local[span[0]]), int(self.image_local[span[-1]]) + 1
+            path = self.image_files[s]
+            try:
+                f = self._h5(path)
+                pa, pr = f["patches"][a:b], f["prefix"][a:b]
+            except (OSError, KeyError) as e:
+                raise CacheError(f"file {path}: cannot read image rows ({e})") from e
+            check_image_rows(path, pa, pr, np.arange(a, b))
+            parts.append((pa, pr))
+        self._block = (lo, hi, np.concatenate([p for p, _ in parts]), np.concatenate([r for _, r in parts]))
+
+    def _image_row_bytes(self) -> int:
+        f = self._h5(self.image_files[0])
+        return int(np.prod(f["patches"].shape[1:]) + np.prod(f["prefix"].shape[1:])) * f["patches"].dtype.itemsize
 
     def image_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """patches (U, m, d_v) and prefix (U, P, d_v) of the given global image rows."""
         if self.patches is not None:
             return self.patches[rows], self.prefix[rows]
+        block = self._block
+        if block is not None and block[0] <= rows.min() and rows.max() < block[1]:
+            return block[2][rows - block[0]], block[3][rows - block[0]]
         patches, prefix = [None] * len(rows), [None] * len(rows)
         for s in np.unique(self.image_shard[rows]):
             take = np.flatnonzero(self.image_shard[rows] == s)
@@ -150,6 +220,7 @@ class SplitReader:
                 pa, pr = f["patches"][local[order]], f["prefix"][local[order]]
             except (OSError, KeyError) as e:
                 raise CacheError(f"file {path}: cannot read image rows ({e})") from e
+            check_image_rows(path, pa, pr, local[order])
             for j, t in enumerate(take[order]):
                 patches[t], prefix[t] = pa[j], pr[j]
         return np.stack(patches), np.stack(prefix)
@@ -215,25 +286,64 @@ class SplitReader:
                 "prefix": torch.from_numpy(np.ascontiguousarray(prefix)),
                 "image_index": torch.from_numpy(rows.astype(np.int64))}
 
+    def worker_indices(self, plan: list[np.ndarray], worker: int, workers: int) -> list[int]:
+        """The plan indices `iter_batches` yields for this worker, -1 for padding."""
+        if workers == 1 or len(self.text_shards) == 1:
+            return [i for i in range(len(plan)) if i % workers == worker]
+        runs = [len(r) for r in shard_runs(self.caption_shard[[int(c[0]) for c in plan]])] if plan else []
+        return worker_rounds(runs, workers)[worker]
+
     def iter_batches(self, plan: list[np.ndarray], worker: int = 0, workers: int = 1, with_index: bool = False):
-        """Yield the batches of `plan` that belong to this worker (whole text shards per worker, so no
-        two workers read the same shard), reading each shard once; with_index: (plan index, batch) pairs."""
+        """Yield the batches of `plan` that belong to this worker, reading each text shard once;
+        with_index: (plan index, batch) pairs, and (-1, None) where `worker_rounds` pads a shorter shard.
+        Streamed, a worker owns whole text shards (no two workers read the same one): the shards at plan
+        positions worker, worker + workers, ... In memory there is nothing to read, so batches go round robin."""
         current, shard = None, None
-        for i, captions in enumerate(plan):
-            s = int(self.caption_shard[captions[0]])
-            if (s if len(self.text_shards) > 1 else i) % workers != worker:
+        for i in self.worker_indices(plan, worker, workers):
+            if i < 0:
+                if with_index:
+                    yield -1, None
                 continue
+            captions = plan[i]
+            s = int(self.caption_shard[captions[0]])
             if s != current:
                 current, shard = s, self.text_shard(s)
+                if not self.in_memory:
+                    self.load_image_block(np.flatnonzero(self.caption_shard == s))
             batch = self.make_batch(captions, shard)
             yield (i, batch) if with_index else batch
 
 
-class EpochBatches(IterableDataset):
-    """The batches of one epoch, split across DataLoader workers, each tagged with its place in the plan."""
+def shard_runs(batch_shards: np.ndarray) -> list[range]:
+    """Plan indices grouped into runs of consecutive batches from the same text shard."""
+    cuts = np.flatnonzero(np.diff(batch_shards)) + 1
+    edges = np.concatenate([[0], cuts, [len(batch_shards)]]).astype(int)
+    return [range(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
-    def __init__(self, reader: SplitReader, plan: list[np.ndarray]):
-        self.reader, self.plan = reader, plan
+
+def worker_rounds(run_lengths: list[int], workers: int) -> list[list[int]]:
+    """Each worker's plan indices, the reorder buffer bounded by construction. The DataLoader takes one
+    batch from each worker in turn; runs (a shard's batches) go to workers in plan order, `workers` per
+    round, and within a round every worker yields as many items as the round's longest run, the shorter
+    ones padded with -1. So the workers are level at the end of every round, and `in_plan_order` holds at
+    most (workers - 1) runs' batches, whatever the number of shards (assigning shards by their id instead
+    lets the backlog grow like a random walk, about sqrt(shards) shards)."""
+    out = [[] for _ in range(workers)]
+    starts = np.concatenate([[0], np.cumsum(run_lengths)]).astype(int)
+    for r0 in range(0, len(run_lengths), workers):
+        group = range(r0, min(r0 + workers, len(run_lengths)))
+        longest = max(run_lengths[r] for r in group)
+        for k, r in enumerate(group):
+            out[k] += list(range(starts[r], starts[r + 1])) + [-1] * (longest - run_lengths[r])
+    return out
+
+
+class EpochBatches(IterableDataset):
+    """The batches of one epoch, split across DataLoader workers, each tagged with its place in the plan.
+    `workers` only sizes `len()`, which counts the padding items the DataLoader will also fetch."""
+
+    def __init__(self, reader: SplitReader, plan: list[np.ndarray], workers: int = 1):
+        self.reader, self.plan, self.workers = reader, plan, max(1, workers)
 
     def __iter__(self):
         info = get_worker_info()
@@ -241,17 +351,24 @@ class EpochBatches(IterableDataset):
         return self.reader.iter_batches(self.plan, worker, workers, with_index=True)
 
     def __len__(self):
-        return len(self.plan)
+        return sum(len(self.reader.worker_indices(self.plan, w, self.workers)) for w in range(self.workers))
 
 
-def in_plan_order(tagged):
+def in_plan_order(tagged, stats: dict | None = None):
     """(plan index, batch) pairs in any order -> the batches in plan order. Workers own whole shards, so the
     DataLoader's round robin over them interleaves shards; reordering here keeps an epoch's batch order, and
     so what a run learns, independent of train.num_workers. Holds at most the batches that arrive early:
-    about a shard's worth per extra worker."""
+    (workers - 1) shards' worth (`worker_rounds`). Index -1 is a worker's padding, dropped. `stats`, when
+    given, receives the most batches held at once ("max_waiting")."""
     waiting, want = {}, 0
+    if stats is not None:
+        stats["max_waiting"] = 0
     for index, batch in tagged:
+        if index < 0:
+            continue
         waiting[index] = batch
+        if stats is not None:
+            stats["max_waiting"] = max(stats["max_waiting"], len(waiting) - (want in waiting))
         while want in waiting:
             yield waiting.pop(want)
             want += 1
@@ -306,13 +423,16 @@ def prefetch(iterable, depth: int = 2):
             yield item
     finally:
         stop.set()
+        # Wait for the read in progress (at most one batch, or one text shard and its images): a process that
+        # exits while this thread is inside h5py can crash in HDF5's teardown.
+        thread.join(timeout=30)
 
 
 def epoch_loader(reader: SplitReader, batch_size: int, seed: int | None, num_workers: int = 0):
     """An iterable of batch dicts for one epoch (seed None: stored order). Streaming splits prefetch."""
     plan = reader.plan(batch_size, seed)
     if num_workers > 0:
-        return in_plan_order(DataLoader(EpochBatches(reader, plan), batch_size=None, num_workers=num_workers,
+        return in_plan_order(DataLoader(EpochBatches(reader, plan, num_workers), batch_size=None, num_workers=num_workers,
                                         prefetch_factor=2, persistent_workers=False))
     batches = reader.iter_batches(plan)
     return batches if reader.in_memory else prefetch(batches)

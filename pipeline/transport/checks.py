@@ -1,6 +1,6 @@
-"""Input checks for `transport.partial_ot` and the checked problem the iterations read.
+"""Input checks for the batched solver and the POT reference, and the checked problem they read.
 
-Split out of transport.py (the solver) to keep each file short; transport re-exports every name.
+Both solvers check their inputs here, so they raise the same errors for the same bad input.
 """
 from __future__ import annotations
 

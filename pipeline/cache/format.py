@@ -29,25 +29,22 @@ Image shard datasets (N images, m patches, P prefix tokens):
          out under --on-error skip: file, item, image_id, reason); class_token = 0 only when the prefix
          holds registers but no class token (absent, as in every older cache: CLS first when P > 0).
 
-Every shard is written to a temporary file in the same folder and renamed into place (`atomic_h5`):
+Every shard is written to a temporary file in the same folder and renamed into place
+(`pipeline/io/atomic.py::atomic_h5`):
 a shard under its final name is complete. Bytes are deterministic (no timestamps, fixed chunking), so
 the same inputs give identical files and DVC sees no change.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
 
 from pipeline.errors import CacheError
+from pipeline.io.atomic import atomic_h5
+from pipeline.io.jsonio import read_json
 
 FORMAT_VERSION = 1
 PLAN, MANIFEST, REPORT, RUN_LOG = "plan.json", "manifest.json", "report.json", "run.json"
@@ -58,40 +55,10 @@ def shard_path(split_dir: Path, modality: str, index: int) -> Path:
     return Path(split_dir) / modality / f"{index:05d}.h5"
 
 
-# ----------------------------------------------------------------------------- atomic writes
-
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path in the final file's folder; rename it into place only on success.
-
-    Same folder, so the rename is atomic on POSIX; a crash or SIGKILL leaves at most a `.tmp-*`
-    file, never a half-written file under the final name."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", dir=final.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache on a shared filesystem is read by other users
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:  # durable before it becomes visible
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@contextlib.contextmanager
-def atomic_h5(final: Path) -> Iterator[h5py.File]:
-    with atomic_path(final) as tmp:
-        # libver pinned and no timestamps: identical inputs -> identical bytes.
-        with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False) as f:
-            yield f
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def missing_shards(split_dir: Path, plan: dict) -> dict[str, list[int]]:
+    """Per modality, the indices of the plan's shards not (yet) on disk."""
+    return {m: [i for i, s in enumerate(entries) if not (Path(split_dir) / s["file"]).exists()]
+            for m, entries in plan["shards"].items()}
 
 
 def put(f: h5py.File, name: str, array: np.ndarray, chunk_rows: int = 1024) -> None:
@@ -111,63 +78,6 @@ def encode_ids(ids: list[str]) -> np.ndarray:
 
 def decode_ids(array) -> list[str]:
     return [b.decode("utf-8") for b in np.asarray(array)]
-
-
-# ----------------------------------------------------------------------------- fingerprints
-
-def digest(obj) -> str:
-    """sha256 of a JSON-able object in canonical form."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fingerprint_diff(expected: dict, found: dict, prefix: str = "") -> list[str]:
-    """Names of the fields whose values differ (nested keys joined by dots)."""
-    diffs = []
-    for key in sorted(set(expected) | set(found)):
-        a, b = expected.get(key, "<absent>"), found.get(key, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += fingerprint_diff(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key}")
-    return diffs
-
-
-def check_fingerprint(split_dir: Path, expected: dict, which: str = PLAN) -> None:
-    """Fail, naming the differing fields, when the cache was made with another configuration."""
-    path = Path(split_dir) / which
-    found = read_json(path)["fingerprint"]
-    diffs = fingerprint_diff(expected, found)
-    if diffs:
-        shown = ", ".join(f"{d} (cache: {field_value(found, d)!r}, now: {field_value(expected, d)!r})" for d in diffs[:8])
-        raise CacheError(f"file {path}: the cache was built with another configuration; fields that differ: {shown}")
-
-
-def field_value(d: dict, dotted: str):
-    """The value at a dotted key, shortened for an error message ('<absent>' where missing)."""
-    for k in dotted.split("."):
-        if not isinstance(d, dict) or k not in d:
-            return "<absent>"
-        d = d[k]
-    return d if not isinstance(d, str) or len(d) < 80 else d[:16] + "..."
-
-
-def read_json(path: Path, error: type[Exception] = CacheError) -> dict:
-    """A JSON file, or `error` naming the file and, for malformed JSON, the line and column."""
-    path = Path(path)
-    if not path.exists():
-        raise error(f"file {path}: not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise error(f"file {path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
 
 
 # ----------------------------------------------------------------------------- reading

@@ -1,8 +1,9 @@
-"""POT as the trusted reference: the same problems as `transport.partial_ot`, solved one pair at a time.
+"""POT as the trusted reference: the same problems as `solver.partial_ot`, solved one pair at a time.
 
 Slow by design: every pair goes to the CPU in float64 and through POT on its own. These are for
-checking the fast solver, and for training runs that ask for the reference solver by name.
-Inputs are checked by the same code as the fast solver, so both raise the same errors.
+checking the fast solver, and for training runs that ask for the reference solver by name: only
+then is POT (and with it SciPy) imported, see interface.py. Inputs are checked by the same code as
+the fast solver, so both raise the same errors.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import numpy as np
 import ot
 import torch
 
-from pipeline.transport import PartialOTResult, check_problem
+from pipeline.transport.checks import check_problem
+from pipeline.transport.solver import PartialOTResult
 
 
 def pot_partial_exact(cost, row_mask, col_mask, mass, epsilon=None, *, a=None, b=None,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.cache_format import MANIFEST, PLAN, REPORT, read_json
-from pipeline.extraction.finalize import missing_shards
+from pipeline.cache.format import MANIFEST, PLAN, REPORT, missing_shards
+from pipeline.io.jsonio import read_json
 
 
 def find_splits(root: Path) -> list[Path]:
@@ -25,6 +25,8 @@ def cache_info(split_dir: Path) -> dict:
             "format_version": plan["format_version"], "storage_dtype": fp.get("storage_dtype"),
             "compute_dtype": fp.get("compute_dtype"), "shard_size": fp.get("shard_size"),
             "split_ids": fp.get("split", {}), "modalities": {}}
+    if "fixture" in fp:   # random features from the scale fixture: say so wherever the cache is described
+        info["fixture"] = fp["fixture"]
     missing = missing_shards(split_dir, plan)
     for m, entries in source["shards"].items():
         files = [split_dir / e["file"] for e in entries]

@@ -12,31 +12,45 @@ import math
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.ot_reference import pot_partial_entropic, pot_partial_exact
-from pipeline.transport import partial_ot
+from pipeline.transport.solver import ITERS_PER_SPREAD, partial_ot
+
+
+def _pot_exact(*args, **kwargs):
+    # POT (and SciPy with it) loads only when a run asks for it: a second or so, and memory, otherwise.
+    from pipeline.transport.reference import pot_partial_exact
+    return pot_partial_exact(*args, **kwargs)
+
+
+def _pot_entropic(*args, **kwargs):
+    from pipeline.transport.reference import pot_partial_entropic
+    return pot_partial_entropic(*args, **kwargs)
+
 
 SOLVERS = {
     "sinkhorn": partial_ot,              # the fast batched solver (CPU or CUDA)
     # The same, its sweeps through torch.compile: 2-3x faster once compiled (a few seconds per process
     # and shape family); falls back to "sinkhorn" with a warning where compilation is not possible.
     "sinkhorn-compiled": functools.partial(partial_ot, compiled=True),
-    "pot-exact": pot_partial_exact,      # POT's network simplex per pair, epsilon ignored
-    "pot-entropic": pot_partial_entropic,  # POT's Dykstra per pair, the reference for "sinkhorn"
+    "pot-exact": _pot_exact,             # POT's network simplex per pair, epsilon ignored
+    "pot-entropic": _pot_entropic,       # POT's Dykstra per pair, the reference for "sinkhorn"
 }
 
 
 def solve_plan(cost: torch.Tensor, row_mask: torch.Tensor, col_mask: torch.Tensor, *,
                mass: float | torch.Tensor, epsilon: float, solver: str = "sinkhorn",
                max_iter: int = 1000, tol: float = 1e-6, patch_capacity: float = 1.0,
+               iters_per_spread: float = ITERS_PER_SPREAD,
                return_errors: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The (B, n, m) float32 plan on cost's device, detached; padded entries are exactly 0. With
     return_errors, (plan, marginal_error): the solver's (B,) marginal error of each pair as well, so a
-    caller can see which plans stopped at max_iter before reaching tol (the plan is the same either way).
+    caller can see which plans stopped at their iteration budget before reaching tol (the plan is the same
+    either way). The batched solvers' budget is max_iter, raised to iters_per_spread x (cost spread /
+    epsilon) where that is more, so that a small epsilon still converges (solver.ITERS_PER_SPREAD).
 
     Row marginals are uniform over the unmasked rows (a_i = 1/n). Each column (patch) may take up to
     patch_capacity / m: 1 is the paper summary's uniform marginals; above 1 an object covering a few patches can
-    take the mass of every word that names it instead of spilling it onto the background (the README's
-    method notes). Above 1 the total mass stays s (s * min(sum a, sum b) with sum a = 1)."""
+    take the mass of every word that names it instead of spilling it onto the background (docs/method.md).
+    Above 1 the total mass stays s (s * min(sum a, sum b) with sum a = 1)."""
     if solver not in SOLVERS:
         raise ConfigError(f"OT solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     if not patch_capacity > 0:
@@ -45,7 +59,10 @@ def solve_plan(cost: torch.Tensor, row_mask: torch.Tensor, col_mask: torch.Tenso
     if patch_capacity != 1.0:   # None keeps the solvers' own uniform default: today's problem bit for bit
         cols = col_mask.to(torch.float64)
         b = patch_capacity * cols / cols.sum(dim=1, keepdim=True).clamp_min(1.0)
-    result = SOLVERS[solver](cost.detach(), row_mask, col_mask, mass, epsilon, b=b, max_iter=max_iter, tol=tol)
+    # POT's solvers keep their fixed iteration count: the reference is slow, and exact needs none.
+    budget = {"iters_per_spread": iters_per_spread} if solver.startswith("sinkhorn") else {}
+    result = SOLVERS[solver](cost.detach(), row_mask, col_mask, mass, epsilon, b=b, max_iter=max_iter, tol=tol,
+                             **budget)
     plan = result.plan.to(device=cost.device, dtype=torch.float32)
     if return_errors:
         return plan, result.marginal_error.detach()

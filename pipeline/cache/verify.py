@@ -13,8 +13,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.cache_format import MANIFEST, decode_ids, file_sha256, open_manifest, prefix_has_class_token
+from pipeline.cache.format import MANIFEST, decode_ids, open_manifest, prefix_has_class_token
 from pipeline.errors import CacheError
+from pipeline.io.hashing import file_sha256
 
 TEXT_SETS = ("states", "offsets", "token_ids", "char_spans", "caption_ids", "image_ids", "truncated")
 IMAGE_SETS = ("patches", "prefix", "image_ids", "sizes")
@@ -87,8 +88,10 @@ def _check_text(f, entry: dict, path: Path, problems: list[str]) -> tuple[list[s
         problems.append(f"file {path}: holds {c} captions, the manifest says {entry['count']}")
     if "tokens" in entry and entry["tokens"] != t:
         problems.append(f"file {path}: holds {t} tokens, the manifest says {entry['tokens']}")
-    _check_finite(f["states"], path, problems)
-    return decode_ids(f["caption_ids"][()]), decode_ids(f["image_ids"][()])
+    ids = decode_ids(f["caption_ids"][()])
+    # A token row belongs to the caption whose offsets span it.
+    _check_finite(f["states"], path, problems, lambda row: ids[np.searchsorted(offsets, row, side="right") - 1])
+    return ids, decode_ids(f["image_ids"][()])
 
 
 def _check_image(f, entry: dict, path: Path, problems: list[str], class_token: bool = True) -> list[str]:
@@ -112,12 +115,13 @@ def _check_image(f, entry: dict, path: Path, problems: list[str], class_token: b
         problems.append(f"file {path}: image_ids/sizes do not have one row per image ({n})")
     if "count" in entry and entry["count"] != n:
         problems.append(f"file {path}: holds {n} images, the manifest says {entry['count']}")
-    _check_finite(f["patches"], path, problems)
-    _check_finite(f["prefix"], path, problems)
-    return decode_ids(f["image_ids"][()])
+    ids = decode_ids(f["image_ids"][()])
+    _check_finite(f["patches"], path, problems, ids.__getitem__)
+    _check_finite(f["prefix"], path, problems, ids.__getitem__)
+    return ids
 
 
-def _check_finite(ds, path: Path, problems: list[str]) -> None:
+def _check_finite(ds, path: Path, problems: list[str], item_of_row) -> None:
     if ds.shape[0] == 0:
         return
     row_bytes = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
@@ -127,5 +131,10 @@ def _check_finite(ds, path: Path, problems: list[str]) -> None:
         if not np.all(np.isfinite(block)):
             rows = (~np.isfinite(block.reshape(block.shape[0], -1))).any(axis=1)
             bad = start + int(np.flatnonzero(rows)[0])
-            problems.append(f"file {path}: non-finite values in {ds.name.lstrip('/')} (first at row {bad})")
+            try:
+                item = item_of_row(bad)
+            except IndexError:   # offsets or ids that disagree with the rows: reported on their own
+                item = "?"
+            problems.append(f"file {path}: non-finite values in {ds.name.lstrip('/')} (first at row {bad}) "
+                            f"in item {item}")
             return

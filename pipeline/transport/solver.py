@@ -1,6 +1,6 @@
 """Batched entropic partial optimal transport: the fast solver training calls every step.
 
-The problem (METHOD.md): for each example b of a batch,
+The problem (docs/transport.md): for each example b of a batch,
 
     T* = argmin <T, C> - eps H(T)   s.t.  T >= 0,  T 1 <= a,  T^T 1 <= b,  1^T T 1 = s * min(|a|, |b|).
 
@@ -21,25 +21,33 @@ potentials, so a sweep is two batched mat-vecs and a few vector operations. Stab
 Schmitzer's absorption: when a scaling grows past `ABSORB_AT` its log moves into the potentials
 alpha, beta, gamma (kept in cost units so they survive a change of eps) and K is rebuilt.
 
-The sweeps between two convergence checks are one pure function, `_sweep_block`, run eagerly or,
-with `compiled=True`, through torch.compile: on the CPU Inductor turns ten sweeps into one C++
-function with two parallel loops per sweep, instead of a dozen dispatched ops (2-3x faster a sweep).
+The sweeps between two convergence checks are one pure function (sweeps.py), run eagerly or, with
+`compiled=True`, through torch.compile.
 """
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
 
-from pipeline.transport_checks import Problem, TransportInputError, check_problem  # noqa: F401 (re-exported)
+from pipeline.transport.checks import Problem, TransportInputError, check_problem
+from pipeline.transport.sweeps import block_function
 
 # Scalings beyond this factor (checked with the convergence test) are folded into the potentials,
 # which keeps the products u K c far inside float32's 3e38; the divisions are clamped, so no scaling
 # is ever inf between checks. Rare enough that the rebuild of K (an exp over the batch) never happens
 # on the training problem at eps = 0.05.
 ABSORB_AT = 1e10
+
+# The sweeps a problem needs grow like (cost spread) / eps: on random problems at tol = 1e-6, up to
+# 2.4 sweeps per unit of that ratio at s = 0.5 and up to 20 near s = 1 (docs/transport.md). With
+# iters_per_spread the budget follows the ratio, so a small eps gets the sweeps it needs; at
+# training's eps = 0.05 on costs in [0, 2] it asks for 1000 at most, the fixed budget it replaces.
+ITERS_PER_SPREAD = 25
+# However small eps gets, the budget that ratio asks for stops here (about 20 s a solve at training
+# sizes on the CPU); a plan stopped at it is reported unconverged like any other.
+MAX_ADAPTIVE_ITER = 100_000
 
 
 @dataclass
@@ -61,6 +69,7 @@ def partial_ot(
     a: torch.Tensor | None = None,
     b: torch.Tensor | None = None,
     max_iter: int = 1000,
+    iters_per_spread: float = 0.0,
     tol: float = 1e-6,
     check_every: int = 10,
     eps_scaling: bool = False,
@@ -73,20 +82,23 @@ def partial_ot(
     cost (B, n, m); row_mask (B, n) and col_mask (B, m) bool, True where an entry exists. a, b: the
     marginals (default uniform over the unpadded entries). mass: the fraction s in (0, 1] of
     min(|a|, |b|) to transport, a float or one per example. Stops when every example's marginal
-    error is <= tol (checked every `check_every` iterations) or after `max_iter` iterations.
+    error is <= tol (checked every `check_every` iterations) or after its iteration budget: max_iter,
+    or more where iters_per_spread x (cost spread / epsilon) is larger (0: max_iter alone; see
+    ITERS_PER_SPREAD, what solve_plan uses).
     eps_scaling: solve at geometrically shrinking eps (by `eps_scaling_factor`, at most
     `eps_stage_iter` iterations each) from the cost range down to `epsilon`, warm-starting each
     stage; it helps at small eps. Float64 input runs in float64, anything else in float32.
     compiled: run the sweeps through torch.compile (CPU or CUDA, the same code): 2-3x faster per
-    sweep at training sizes, after a one-off compilation of 10-30 s per process (see `_block_function`).
+    sweep at training sizes, after a one-off compilation of 10-30 s per process (see sweeps.py).
     """
     with torch.no_grad(), torch.autocast(cost.device.type, enabled=False):
         problem = check_problem(cost, row_mask, col_mask, mass, epsilon, a, b, max_iter, tol, check_every)
+        budget_total = _iteration_budget(problem, epsilon, max_iter, iters_per_spread)
         state = _DualState(problem, compiled)
         iterations, error = 0, None
         for stage_eps in _eps_schedule(problem, epsilon, eps_scaling, eps_scaling_factor):
             # The eps-scaling stages leave at least one sweep of the cap to the final eps.
-            remaining = max_iter - iterations
+            remaining = budget_total - iterations
             budget = remaining if stage_eps == epsilon else min(eps_stage_iter, remaining - 1)
             if budget < 1:
                 continue
@@ -111,6 +123,22 @@ def _total_cost(plan: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
     return torch.bmm(plan.reshape(B * n, 1, m), cost.reshape(B * n, m, 1)).view(B, n).sum(dim=1)
 
 
+def _cost_spread(problem: Problem) -> float:
+    """The largest max - min of the unpadded costs over the batch (one host sync). Padding counts as a
+    cost of 0 here, which can only widen it (costs of one sign only)."""
+    return (problem.cost_filled.amax(dim=(1, 2)) - problem.cost_min).amax().item()
+
+
+def _iteration_budget(problem: Problem, epsilon: float, max_iter: int, iters_per_spread: float) -> int:
+    """max_iter, or iters_per_spread x spread / epsilon sweeps where that is more (capped, see above)."""
+    if not isinstance(iters_per_spread, (int, float)) or not 0 <= iters_per_spread < math.inf:
+        raise TransportInputError(f"iters_per_spread must be a finite number >= 0, got {iters_per_spread!r}")
+    if iters_per_spread == 0:
+        return max_iter
+    wanted = min(iters_per_spread * _cost_spread(problem) / epsilon, MAX_ADAPTIVE_ITER)
+    return max(max_iter, math.ceil(wanted))
+
+
 def _eps_schedule(problem, epsilon: float, eps_scaling: bool, factor: float) -> list[float]:
     """Geometric from the largest cost range in the batch down to epsilon (just epsilon without scaling)."""
     if not eps_scaling:
@@ -119,8 +147,7 @@ def _eps_schedule(problem, epsilon: float, eps_scaling: bool, factor: float) -> 
         raise TransportInputError(f"eps_scaling_factor must be in (0, 1), got {factor}")
     # Start at the largest cost spread in the batch (padding counted as 0 can only widen it):
     # at eps that large every row of the plan is nearly uniform, an easy problem to warm-start from.
-    spread = (problem.cost_filled.amax(dim=(1, 2)) - problem.cost_min).amax().item()
-    start = max(spread, epsilon)
+    start = max(_cost_spread(problem), epsilon)
     stages = math.ceil(math.log(start / epsilon) / math.log(1.0 / factor)) if start > epsilon else 0
     return [max(start * factor**k, epsilon) for k in range(stages)] + [epsilon]
 
@@ -215,7 +242,7 @@ class _DualState:
         done = 0
         while True:
             steps = min(check_every, budget - done)
-            block = _block_function(self.compiled and steps == check_every)  # one compiled size
+            block = block_function(self.compiled and steps == check_every)  # one compiled size
             self.u, self.c, self.w, self.Kc, error, summary, _ = block(
                 self.K, self.a, self.row_floor, self.u_cap_reached, self.b, self.v_cap, self.mass,
                 self.padding_ones, self.Kc, self.w, steps, self.tiny)
@@ -235,91 +262,3 @@ class _DualState:
         plan = self.K.mul_(self.u.transpose(1, 2)).mul_(self.c)
         self.K = None
         return plan
-
-
-def _sweep_block(K, a, row_floor, u_cap_reached, b, v_cap, mass, padding_ones, Kc, w, steps: int, tiny: float):
-    """`steps` Dykstra sweeps and the convergence check's numbers, as one pure function of tensors.
-
-    Pure so that torch.compile can turn the whole block into one fused kernel per product (the
-    eager sweep is a dozen small ops around the two mat-vecs, each costing more in dispatch than in
-    arithmetic at training sizes). Kc = K c comes in already scaled; w is the mass scaling so far.
-    Returns u, c, w, Kc for the next block, the (B,) marginal errors, [worst error, smallest and
-    largest unpadded scaling] for the one host sync, and `kept` (see the end of the loop).
-    """
-    kept = []
-    for _ in range(steps):
-        # Row projection. Dykstra's correction undoes the previous row scaling first, which is
-        # why u is recomputed from scratch and capped on the total dual, not multiplied.
-        u = a / torch.maximum(Kc, row_floor)
-        KTu = _row_times_kernel(u, K)
-        # Column projection, capped the same way (on v alone).
-        col_cap = v_cap * w
-        c_raw = torch.minimum(b / KTu.clamp_min(tiny), col_cap)
-        Kc = _kernel_times_column(K, c_raw)
-        # The total-mass projection scales c by mass / <u, K c_raw>, the plan's mass; taken from
-        # the n-long product it saves two m-long passes.
-        scale = mass / (u * Kc).sum(dim=2, keepdim=True).clamp_min(tiny)
-        Kc = Kc * scale
-        w = w * scale
-        # Returned, so stored once: otherwise Inductor inlines the divisions that make u and c_raw
-        # into the next product's inner loop and recomputes them for every kernel entry (a division
-        # per multiply-add: 2.6x slower per sweep, measured at 128 x 20 x 256). Free in eager mode.
-        kept += [u, c_raw]
-    c = c_raw * scale
-    # The check: the L1 residual of partial OT's marginal optimality conditions. Row sums above a
-    # count, and so do row sums below a on rows whose dual is active (< 0), where complementary
-    # slackness says the row must be full; the same for columns. The total mass needs no term: the
-    # last projection of every sweep makes it exact. Padded entries have a = 0 and sums 0. A capped
-    # u or c_raw equals its cap exactly (the same division or product), hence the strict <.
-    gaps = torch.cat([u * Kc - a, c * KTu - b], dim=2)
-    active = torch.cat([u < u_cap_reached, c_raw < col_cap], dim=2)
-    error = torch.where(active, gaps.abs(), gaps.clamp_min(0.0)).sum(dim=2).squeeze(1)
-    scalings = torch.cat([u, c, w], dim=2) + padding_ones
-    summary = torch.stack([error.max(), scalings.min(), scalings.max()])
-    return u, c, w, Kc, error, summary, kept
-
-
-def _row_times_kernel(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """(B, 1, n) x (B, n, m) -> (B, 1, m). Eager: one bmm. Compiled: a broadcast product and a sum,
-    which Inductor fuses with the ops around it, where a bmm would stay a separate library call."""
-    if torch.compiler.is_compiling():
-        return (u.mT * K).sum(dim=1, keepdim=True)
-    return torch.bmm(u, K)
-
-
-def _kernel_times_column(K: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """(B, n, m) x (B, 1, m) -> (B, 1, n), as `_row_times_kernel` on the other side of K."""
-    if torch.compiler.is_compiling():
-        return (K * c).sum(dim=2).unsqueeze(1)
-    return torch.bmm(c, K.mT)
-
-
-_compiled_block = None
-
-
-def _block_function(compiled: bool):
-    """The sweep block, compiled with torch.compile on first use when asked for, else eager.
-
-    Shapes start static and become dynamic on the first change (torch.compile's default), so a
-    training run compiles a few times at most. Where compilation fails (no C++ compiler for the
-    CPU backend, say), a warning says why and the solver runs eagerly from then on: the same plans.
-    """
-    global _compiled_block
-    if not compiled or _compiled_block is False:
-        return _sweep_block
-    if _compiled_block is None:
-        _compiled_block = _guarded(torch.compile(_sweep_block, fullgraph=True))
-    return _compiled_block
-
-
-def _guarded(compiled_fn):
-    def run(*args):
-        global _compiled_block
-        try:
-            return compiled_fn(*args)
-        except Exception as error:  # any compiler failure (an error of the sweeps themselves recurs eagerly)
-            warnings.warn(f"partial_ot: torch.compile failed ({type(error).__name__}: {str(error)[:200]}); "
-                          "running the solver eagerly", RuntimeWarning, stacklevel=3)
-            _compiled_block = False
-            return _sweep_block(*args)
-    return run
