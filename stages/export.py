@@ -1,12 +1,13 @@
 """A trained run as a folder anyone can load offline (`groundedbert export`).
 
     groundedbert export --run runs/default --out exports/default \
-        [--pooling mean] [--max-length 128] [--checkpoint best.pt]
+        [--pooling mean] [--max-length 128] [--checkpoint best.pt] [--device auto]
 
 Writes OUT/config.json, OUT/model.safetensors (text encoder + f_g), the tokenizer and a model card
 (pipeline/grounded/export.py lists the files); `GroundedEncoder.from_pretrained(OUT)` loads it
 (docs/encoder_api.md). Pooling and max_length default to params.yaml's downstream section, as the
-downstream probe reads them; the encoder and its layer are the run's own.
+downstream probe reads them; the encoder, its layer and compute dtype are the run's own. --device is where
+the export and its self-check compute (auto = CUDA when there is one); a run extracted in float16 needs a GPU.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def export(
     max_length: Annotated[Optional[int],
                           typer.Option(help="Tokens per input (default: downstream.max_length).")] = None,
     checkpoint: Annotated[str, typer.Option(help="best.pt (lowest validation loss) or last.pt.")] = "best.pt",
+    device: Annotated[str, typer.Option(help="auto (CUDA when there is one), cpu, cuda, cuda:1, ... "
+                                             "A run extracted in float16 needs a GPU.")] = "auto",
     config: ConfigOpt = None,
     set: SetOpt = None,
 ) -> None:
@@ -35,7 +38,7 @@ def export(
 
     cfg = resolve(config, set or [])["downstream"]
     folder = export_run(run, out, pooling=pooling or cfg["pooling"], max_length=max_length or cfg["max_length"],
-                        checkpoint=checkpoint)
+                        checkpoint=checkpoint, device=device)
     typer.echo(f"exported {run} to {folder}")
 
 

@@ -34,6 +34,7 @@ def train(
     grounding: Annotated[Optional[Path], typer.Option(help="grounding.json: log the validation pointing game per epoch.")] = None,
     wait: Annotated[bool, typer.Option(help="Another training run holds OUT: wait for it to finish, then resume from its checkpoint (default: stop and name it).")] = False,
 ) -> None:
+    from pipeline.io.atomic import remove_temporaries
     from pipeline.io.disk import full_disk_as_error
     from pipeline.io.locks import lock_folder
     from pipeline.training.fit import fit  # torch and dvclive load only when the command runs
@@ -53,6 +54,7 @@ def train(
     # Checkpoints check their own room; this names the folder when dvclive or config.json find the disk full.
     with lock_folder(out, task="training run", wait=wait, hint=BUSY_HINT, log=lambda m: typer.echo(m, err=True)), \
             full_disk_as_error(out):
+        remove_temporaries(out)   # a killed run's half-written checkpoint or figure, under the lock
         summary = fit(resolved, cache, out, resume=resume, log=lambda m: typer.echo(m, err=True), epoch_metrics=hook)
     typer.echo(json.dumps(summary))
 

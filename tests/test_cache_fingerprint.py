@@ -48,3 +48,13 @@ def test_fields_a_cache_does_not_record_are_not_compared(cfg):
     compiled = from_config({**cfg, "image_compile": True}, ["image"], SPLIT)
     assert config_mismatches(compiled, {**cfg, "image_compile": False}) == [
         "image.compile (cache: True, configuration extract.image_compile: False)"]
+
+
+def test_an_option_turned_on_since_extraction_is_a_mismatch_as_extraction_says(cfg):
+    # Recorded only when on, so a cache made with it off lacks the field: training must still see the change.
+    plain = from_config({**cfg, "image_compile": False}, ["image"], SPLIT)
+    assert config_mismatches(plain, {**cfg, "image_compile": True}) == [
+        "image.compile (cache: '<absent>', configuration extract.image_compile: True)"]
+    bf16 = {**cfg, "compute_dtype": "bfloat16", "image_cast_weights": False}
+    assert config_mismatches(from_config(bf16, ["image"], SPLIT), {**bf16, "image_cast_weights": True}) == [
+        "image.cast_weights (cache: '<absent>', configuration extract.image_cast_weights: True)"]

@@ -156,3 +156,14 @@ def test_no_answer_threshold(tokenizer):
     assert v2.text == "" and v2.null_score == pytest.approx(6.0) and v2.score == pytest.approx(5.0)
     assert predict_answers([q], ws, starts, ends, version="2.0", null_threshold=1.5)["q"].text != ""
     assert predict_answers([q], ws, starts, ends, version="1.1")["q"].text != ""  # v1.1 always answers
+
+
+def test_a_question_too_long_for_the_stride_is_one_error_naming_it(tokenizer):
+    # Left to the tokenizer, this is a Rust panic that no error handler catches.
+    long_q = SquadQuestion("long", "what colour is the small circle left of the big square " * 3, CONTEXT,
+                           (Answer("1999", CONTEXT.index("1999")),))
+    fits = SquadQuestion("short", "Who won?", CONTEXT, (), is_impossible=True)
+    assert make_windows([fits], tokenizer, max_length=32, stride=8)
+    with pytest.raises(DataError, match=r"item long: a question of \d+ tokens leaves -?\d+ context tokens .* "
+                                        r"squad_max_length 32, not more than the stride 8"):
+        make_windows([fits, long_q], tokenizer, max_length=32, stride=8)

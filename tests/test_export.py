@@ -68,6 +68,7 @@ def test_the_folder_holds_weights_tokenizer_config_and_model_card(exported):
     assert config["cache_fingerprint"] == CACHE_FINGERPRINT
     assert config["source"] == {"run": str(run), "checkpoint": BEST, "epoch": 2, "step": 7}
     assert config["text_fingerprint"]["layer"] == 1 and len(config["text_fingerprint"]["weights_sha256"]) == 64
+    assert config["text_fingerprint"]["compute_dtype"] == "float32" and len(config["fg_sha256"]) == 64
     tensors = load_file(out / "model.safetensors")
     f_g = {k[len("f_g."):]: v for k, v in tensors.items() if k.startswith("f_g.")}
     assert {f"f_g.{k}" for k in f_g} == {k for k in checkpoint["model"] if k.startswith("f_g.")}
@@ -133,6 +134,12 @@ def _drop_f_g_tensor(folder):
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
 
 
+def _negate_f_g_weight(folder):
+    tensors = load_file(folder / "model.safetensors")
+    tensors["f_g.0.weight"] = -tensors["f_g.0.weight"]  # same shape, dtype and key: only the hash sees it
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
 def _alter_tokenizer(folder):
     spec = json.loads((folder / "tokenizer.json").read_text())
     vocab = spec["model"]["vocab"]
@@ -165,6 +172,17 @@ BAD = {
                        "model.safetensors: lacks 1 tensor(s) the configuration needs, e.g. f_g.2.bias"),
     "altered weights": (_alter_text_weights,
                         "model.safetensors: the text encoder's weights differ from those the export recorded"),
+    "altered f_g": (_negate_f_g_weight, "model.safetensors: f_g's weights differ from those the export recorded "
+                                        "in config.json (fg_sha256)"),
+    "layer altered": (lambda f: edit_config(f, layer=0),
+                      "config.json: layer is 0 but the export recorded 1 (text_fingerprint.layer)"),
+    "compute dtype altered": (lambda f: edit_config(f, compute_dtype="bfloat16"),
+                              "config.json: compute_dtype is 'bfloat16' but the export recorded 'float32'"),
+    "fingerprint deleted": (lambda f: edit_config(f, text_fingerprint=None), "config.json: lacks text_fingerprint"),
+    "fingerprint emptied": (lambda f: edit_config(f, text_fingerprint={}), "config.json: lacks text_fingerprint"),
+    "fingerprint hash deleted": (lambda f: edit_config(f, text_fingerprint__weights_sha256=None),
+                                 "config.json: lacks text_fingerprint.weights_sha256"),
+    "f_g hash deleted": (lambda f: edit_config(f, fg_sha256=None), "config.json: lacks fg_sha256"),
     "missing tokenizer": (_drop("tokenizer.json"), "tokenizer.json: missing (the tokenizer)"),
     "altered tokenizer": (_alter_tokenizer, "tokenizer.json: the tokenizer differs from the one the export recorded"),
 }
@@ -204,3 +222,41 @@ def test_a_missing_folder_and_a_bad_run_exit_2_with_one_line(exported, tmp_path)
     r = runner.invoke(app, ["export", "--run", str(exported["run"]), "--out", str(tmp_path / "x"), "--pooling", "max"])
     assert r.exit_code == 2 and "pooling must be one of" in r.output, r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_float16_run_on_the_cpu_is_one_line_naming_the_dtype_and_a_device(tmp_path):
+    run = make_run(tmp_path, make_tiny_text_model(tmp_path / "tiny-bert"), layer=1, d_t=32)
+    path = checkpoint_dir(run) / BEST
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"]["extract"]["compute_dtype"] = "float16"
+    torch.save(checkpoint, path)
+    r = CliRunner().invoke(app, ["export", "--run", str(run), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"{path}: the run's text encoder computes in float16" in r.output and "--device cuda" in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_device_does_not_change_the_folder(exported, tmp_path):
+    """--device only moves the computing; on a CPU-only machine auto is the CPU and this is the DVC stage's case."""
+    a = export_module.export_run(exported["run"], tmp_path / "a", pooling="mean", max_length=32, device="cpu")
+    b = export_module.export_run(exported["run"], tmp_path / "b", pooling="mean", max_length=32)  # auto
+    assert {p.name: p.read_bytes() for p in a.iterdir()} == {p.name: p.read_bytes() for p in b.iterdir()}
+
+
+def test_an_interrupted_swap_keeps_the_old_export(tmp_path, monkeypatch):
+    # Interrupted between moving the old folder aside and moving the new one in: the old one comes back.
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "config.json").write_text("old")
+    real_replace = export_module.os.replace
+
+    def interrupted(src, dst):
+        if Path(src).name.startswith(".tmp-"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+    monkeypatch.setattr(export_module.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with export_module.atomic_dir(out) as tmp:
+            (tmp / "config.json").write_text("new")
+    assert (out / "config.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]

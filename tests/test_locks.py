@@ -168,6 +168,9 @@ def test_two_training_runs_in_one_folder(tmp_path):
 
     gate = tmp_path / "go"
     holder = _hold(run, "training run", gate)   # releases cleanly once the waiter has said it waits
+    leftover = run / "checkpoints" / ".tmp-last.pt.k1lled"   # what a run killed mid-write leaves
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a checkpoint")
     waiting = _python(*cmd[1:], "--wait")
     try:
         lines = [waiting.stderr.readline() for _ in range(2)]   # the objective line, then the waiting one
@@ -183,3 +186,34 @@ def test_two_training_runs_in_one_folder(tmp_path):
     assert waiting.returncode == 0, err[-2000:]
     assert "taking over" not in err   # a clean release leaves nothing to take over
     assert json.loads(out.splitlines()[-1])["epochs"] == 3 and not (run / LOCK_NAME).exists()
+    assert not leftover.exists() and (run / "checkpoints" / "last.pt").exists()
+
+
+# Holds FOLDER's lock and forks a child that outlives it (as a DataLoader worker would), then waits to be killed.
+HOLDER_WITH_CHILD = textwrap.dedent("""
+    import os, sys, time
+    from pipeline.io.locks import lock_folder
+    lock = lock_folder(sys.argv[1], task="extraction")
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_forked_child_does_not_keep_a_killed_holders_lock(tmp_path):
+    folder = tmp_path / "split"
+    proc = _python("-c", HOLDER_WITH_CHILD, str(folder))
+    child = int(proc.stdout.readline())
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        os.kill(child, 0)   # the child still runs
+        logs = []
+        lock = lock_folder(folder, task="extraction", log=logs.append)
+        assert "no longer running" in logs[0] and str(proc.pid) in logs[0]
+        lock.release()
+    finally:
+        os.kill(child, signal.SIGKILL)

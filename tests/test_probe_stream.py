@@ -101,3 +101,25 @@ def test_items_missing_from_the_cache_are_an_error(task_cache):
     d, ids = task_cache
     with pytest.raises(CacheError, match="not in the cache"):
         open_bank(d, ids + ["nope"], memory_budget_gb=0.0)
+
+
+def test_a_float32_cache_is_held_as_stored_in_memory_too(task_cache, tmp_path):
+    import shutil
+
+    import h5py
+
+    d, ids = task_cache
+    f32 = tmp_path / "train"
+    shutil.copytree(d, f32)
+    rng = np.random.default_rng(1)
+    for shard in sorted((f32 / "text").glob("*.h5")):
+        with h5py.File(shard, "r+") as f:
+            shape = f["states"].shape
+            del f["states"]
+            # float32 values float16 would round (and past its range, turn into inf)
+            f["states"] = (rng.standard_normal(shape) * 1e5).astype(np.float32)
+    memory, stream = open_bank(f32, ids, memory_budget_gb=1.0), open_bank(f32, ids, memory_budget_gb=0.0)
+    for idx in stream.epoch_batches(np.random.default_rng(0), 5):
+        for a, b in zip(memory.gather(idx), stream.gather(idx)):
+            assert torch.equal(a, b)
+        assert torch.isfinite(memory.gather(idx)[0]).all()

@@ -245,3 +245,19 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
         result = partial_ot(cost, rows, cols, 0.5, 0.05, tol=1e-9, compiled=True)
     torch.testing.assert_close(result.plan, partial_ot(cost, rows, cols, 0.5, 0.05, tol=1e-9).plan, rtol=0, atol=0)
     assert sweeps._compiled_block is False  # later calls go straight to the eager block
+
+
+def test_the_iteration_budget_ignores_padding():
+    # Padding enters the cost tensor as zeros: costs far from 0 must not have their spread (and so the
+    # budget, 25 x spread / eps) widened by them.
+    from pipeline.transport.checks import check_problem
+    from pipeline.transport.solver import _cost_spread
+
+    cost = -1.0 + 0.1 * torch.rand(2, 5, 7, dtype=torch.float64)
+    rows = torch.ones(2, 5, dtype=torch.bool)
+    rows[1, 4] = False
+    cols = torch.ones(2, 7, dtype=torch.bool)
+    args = dict(mass=0.5, epsilon=0.01, a=None, b=None, max_iter=10, tol=1e-6, check_every=5)
+    real = [cost[0], cost[1, :4]]
+    expected = max((c.max() - c.min()).item() for c in real)
+    assert _cost_spread(check_problem(cost, rows, cols, **args)) == pytest.approx(expected) and expected < 0.1

@@ -65,11 +65,21 @@ def from_config(cfg: dict, modalities, split: dict) -> dict:
 
 def config_mismatches(fingerprint: dict, cfg: dict) -> list[str]:
     """The recorded fields that the extract.* configuration `cfg` would set otherwise, each with both values.
-    A field the cache does not record (another modality, an option off, an older cache) is not compared."""
+    A modality the cache does not hold is not compared. An option recorded only when on (RECORDED_WHEN) is
+    compared as extraction compares it: absent in the cache but on in `cfg` is a mismatch too."""
     diffs = []
     for field, key in CONFIG_FIELDS.items():
+        section = field.rpartition(".")[0]
+        if section and not isinstance(fingerprint.get(section), dict):
+            continue
         found = _at(fingerprint, field)
-        if found != ABSENT and found != cfg.get(key):
+        if field in RECORDED_WHEN:
+            expected = True if RECORDED_WHEN[field](cfg) else ABSENT
+        elif found == ABSENT:   # an older cache, from before the field was recorded
+            continue
+        else:
+            expected = cfg.get(key)
+        if found != expected:
             diffs.append(f"{field} (cache: {found!r}, configuration extract.{key}: {cfg.get(key)!r})")
     return diffs
 

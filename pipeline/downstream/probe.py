@@ -120,6 +120,9 @@ class ShardedBank(TokenBank):
         self._shard_offsets = offsets_of
         with h5py.File(self.files[0], "r") as f:
             self._dim = int(f["states"].shape[1])
+            # The stored dtype: held in memory as stored, so a float32 cache is not rounded to float16 there
+            # while the streamed path reads it whole (both then compute in float32).
+            self.stored_dtype = torch.from_numpy(np.empty(0, dtype=f["states"].dtype)).dtype
         self.flat = None
 
     @property
@@ -201,7 +204,7 @@ def open_bank(folder: Path, item_ids: list[str], memory_budget_gb: float) -> Tok
     streamed = ShardedBank(files, item_ids)
     if sum(f.stat().st_size for f in files) > memory_budget_gb * 2**30:
         return streamed
-    flat = torch.empty(int(streamed.offsets[-1]), streamed.dim, dtype=torch.float16)
+    flat = torch.empty(int(streamed.offsets[-1]), streamed.dim, dtype=streamed.stored_dtype)
     for s in range(len(files)):                # shard by shard into one tensor: never twice the split
         members = np.flatnonzero(streamed.item_shard == s)
         if len(members):

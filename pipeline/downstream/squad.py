@@ -130,6 +130,7 @@ def make_windows(questions: list[SquadQuestion], tokenizer, max_length: int = 38
     windows = []
     for b in range(0, len(questions), batch):
         chunk = questions[b:b + batch]
+        _check_room(chunk, tokenizer, max_length, stride)
         enc = tokenizer([q.question.lstrip() for q in chunk], [q.context for q in chunk],
                         truncation="only_second", max_length=max_length, stride=stride,
                         return_overflowing_tokens=True, return_offsets_mapping=True,
@@ -147,6 +148,18 @@ def make_windows(questions: list[SquadQuestion], tokenizer, max_length: int = 38
                 win.start, win.end = _label_window(offsets, q.answers[0])
             windows.append(win)
     return windows
+
+
+def _check_room(questions: list[SquadQuestion], tokenizer, max_length: int, stride: int) -> None:
+    """The tokenizer needs each window to hold more context tokens than the stride (else it panics in Rust,
+    past any error handler): max_length - question tokens - 3 specials > stride."""
+    lengths = tokenizer([q.question.lstrip() for q in questions], add_special_tokens=False)["input_ids"]
+    for q, ids in zip(questions, lengths):
+        room = max_length - len(ids) - 3
+        if room <= stride:
+            raise DataError(f"a question of {len(ids)} tokens leaves {room} context tokens a window at "
+                            f"squad_max_length {max_length}, not more than the stride {stride}: raise "
+                            "downstream.squad_max_length or lower downstream.stride", item=q.qid)
 
 
 def _label_window(offsets: np.ndarray, answer: Answer) -> tuple[int, int]:

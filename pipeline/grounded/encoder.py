@@ -105,8 +105,7 @@ class GroundedEncoder:
         text = TextEncoder(str(folder), tokenizer, model.text_model, layer=config.layer,
                            max_length=max_length or config.max_length, device=device,
                            compute_dtype=compute_dtype or config.compute_dtype)
-        recorded = (config.text_fingerprint or {}).get("tokenizer_sha256")
-        if recorded and text.tokenizer_sha256() != recorded:
+        if text.tokenizer_sha256() != config.text_fingerprint["tokenizer_sha256"]:  # read_config requires it
             raise ExportError(f"file {Path(folder) / 'tokenizer.json'}: the tokenizer differs from the one the "
                               "export recorded in config.json (text_fingerprint.tokenizer_sha256); "
                               "altered after export?")

@@ -7,6 +7,11 @@
     OUT/README.md            the model card, with the run's metrics
     OUT/run_metrics.json     the run's metrics.json, when it has one
 
+config.json's fg_sha256 and text_fingerprint hash what was exported, so a loader refuses a folder changed since.
+The export runs on any device (`device`, "auto" = CUDA when there is one); a run extracted in float16 needs a
+GPU, since the CPU has no float16 autocast. The weights are copied, not computed, so the device only decides
+where the self-check runs.
+
 The folder is written beside OUT under a temporary name, loaded back and checked to give exactly the run's
 vectors, and only then renamed into place: a crash never leaves a half-written OUT.
 """
@@ -22,11 +27,13 @@ from typing import Iterator
 
 import torch
 
-from pipeline.errors import ExportError
+from pipeline.encoders.hashing import state_dict_sha256
+from pipeline.errors import ConfigError, ExportError
 from pipeline.grounded.encoder import GroundedEncoder, load_run_encoder
 from pipeline.grounded.hf_model import build
 from pipeline.grounded.model_card import model_card
-from pipeline.training.checkpoint import BEST
+from pipeline.runtime import pick_device
+from pipeline.training.checkpoint import BEST, checkpoint_dir, load
 
 # Inputs of the export's self-check: two captions, alone and as a pair, and one long enough to be cut.
 CHECK_TEXTS = ["a small red circle left of a blue square", "the crimson triangle is above the green diamond",
@@ -49,6 +56,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             os.replace(final, old)
         os.replace(tmp, final)
     finally:
+        if old.exists() and not final.exists():   # interrupted between the two renames: keep the old export
+            os.replace(old, final)
         for leftover in (tmp, old):
             if leftover.exists():
                 shutil.rmtree(leftover)
@@ -79,14 +88,30 @@ def check_same_encoder(text, cache: dict, path: Path) -> None:
                           f"{text.name!r} loads now; fields that differ: {', '.join(diffs)}")
 
 
-def export_run(run_dir: Path, out: Path, *, pooling: str, max_length: int, checkpoint: str = BEST) -> Path:
-    """Write the export of `run_dir` (its `checkpoint`) to `out`; return `out`."""
+def check_device(run_dir: Path, checkpoint: str, device: torch.device) -> None:
+    """A float16 run on the CPU fails here, with the fix: runtime.autocast's own message suggests another
+    dtype, but the export must compute in the run's dtype to reproduce its vectors, so only the device can change."""
+    if device.type != "cpu":
+        return
+    path = checkpoint_dir(run_dir) / checkpoint
+    dtype = load(path)["config"]["extract"]["compute_dtype"]
+    if dtype == "float16":
+        raise ConfigError(f"file {path}: the run's text encoder computes in float16 (extract.compute_dtype), "
+                          "which the CPU cannot run; export on a GPU: --device cuda")
+
+
+def export_run(run_dir: Path, out: Path, *, pooling: str, max_length: int, checkpoint: str = BEST,
+               device="auto") -> Path:
+    """Write the export of `run_dir` (its `checkpoint`) to `out`, computing on `device`; return `out`."""
     run_dir, out = Path(run_dir), Path(out)
-    text, f_g, ckpt = load_run_encoder(run_dir, max_length=max_length, device="cpu", which=checkpoint)
+    device = pick_device(str(device))
+    check_device(run_dir, checkpoint, device)
+    text, f_g, ckpt = load_run_encoder(run_dir, max_length=max_length, device=device, which=checkpoint)
     check_same_encoder(text, ckpt["cache"], run_dir / "checkpoints" / checkpoint)
     source = GroundedEncoder(text, f_g, pooling=pooling)  # before any write: a bad pooling fails here
     fields = dict(layer=text.layer, pooling=pooling, max_length=max_length, compute_dtype=text.compute_dtype,
-                  text_model_name=text.name, text_fingerprint=text.fingerprint(), run_config=ckpt["config"],
+                  text_model_name=text.name, text_fingerprint=text.fingerprint(), fg_sha256=state_dict_sha256(f_g),
+                  run_config=ckpt["config"],
                   cache_fingerprint=ckpt["cache"],
                   source={"run": str(run_dir), "checkpoint": checkpoint, "epoch": ckpt["epoch"], "step": ckpt["step"]})
     model = build(text.model, f_g, **fields)
@@ -100,7 +125,7 @@ def export_run(run_dir: Path, out: Path, *, pooling: str, max_length: int, check
         (tmp / "README.md").write_text(model_card(card, metrics))
         if metrics is not None:
             shutil.copyfile(metrics_file, tmp / "run_metrics.json")
-        problem = same_vectors(source, GroundedEncoder.from_pretrained(tmp, device="cpu"), CHECK_TEXTS)
+        problem = same_vectors(source, GroundedEncoder.from_pretrained(tmp, device=device), CHECK_TEXTS)
         if problem:
             raise ExportError(f"folder {out}: the export does not reproduce run {run_dir}: {problem}")
     return out

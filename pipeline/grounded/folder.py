@@ -2,9 +2,11 @@
 
 What is checked, in order: the folder and config.json exist; config.json is ours (model_type), of this
 format version, complete and self-consistent (d_t = the text encoder's width, layer in range, pooling
-known); model.safetensors exists, reads, and holds exactly the tensors and shapes the config implies; the
-tokenizer files exist. After loading, the text encoder's weights and tokenizer must hash to what the export
-recorded, so a file altered or swapped after export is caught too.
+known, layer and compute_dtype as text_fingerprint recorded them); model.safetensors exists, reads, and holds
+exactly the tensors and shapes the config implies; the tokenizer files exist. After loading, the text
+encoder's weights, f_g's weights and the tokenizer must hash to what the export recorded, so a file altered
+or swapped after export is caught too. The hashes are required fields: a folder whose record of them was
+deleted is refused, not loaded unchecked.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from pipeline.grounded.hf_model import FORMAT_VERSION, MODEL_TYPE, GroundedConfi
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 REQUIRED = ("format_version", "text_config", "layer", "pooling", "max_length", "compute_dtype", "d_t", "d_g",
-            "fg_hidden", "fg_layernorm")
+            "fg_hidden", "fg_layernorm", "text_fingerprint", "fg_sha256")
+# What load_folder and from_pretrained compare the loaded folder against; an export always records all four.
+FINGERPRINT = ("weights_sha256", "tokenizer_sha256", "layer", "compute_dtype")
 
 
 def _first_line(e: Exception) -> str:
@@ -48,8 +52,16 @@ def read_config(folder: Path) -> GroundedConfig:
         raise ExportError(f"file {path}: format_version {raw.get('format_version')!r}, this code reads "
                           f"{FORMAT_VERSION}; export the run again with this version (`groundedbert export`)")
     lacking = [k for k in REQUIRED if raw.get(k) is None]
+    recorded = raw.get("text_fingerprint")
+    if recorded is not None and not isinstance(recorded, dict):
+        raise ExportError(f"file {path}: text_fingerprint is {type(recorded).__name__}, expected an object")
+    if recorded:  # emptied rather than deleted, it would skip the same checks
+        lacking += [f"text_fingerprint.{k}" for k in FINGERPRINT if recorded.get(k) is None]
+    elif recorded is not None:
+        lacking.append("text_fingerprint")
     if lacking:
-        raise ExportError(f"file {path}: lacks {', '.join(lacking)}")
+        # An export from before a field was recorded lacks it too; writing the folder again is the fix.
+        raise ExportError(f"file {path}: lacks {', '.join(lacking)}; export the run again (`groundedbert export`)")
     try:
         config = GroundedConfig.from_dict(raw)
     except Exception as e:  # a text_config transformers cannot build, a field of the wrong type
@@ -61,6 +73,12 @@ def read_config(folder: Path) -> GroundedConfig:
         raise ExportError(f"file {path}: layer {config.layer} out of range for a text encoder of {layers} layers")
     if config.pooling not in POOLINGS:
         raise ExportError(f"file {path}: pooling {config.pooling!r} is not one of {POOLINGS}")
+    # layer and compute_dtype decide which states f_g reads, yet no hash covers them: the fingerprint taken
+    # from the run's encoder at export is what they must still agree with.
+    for key in ("layer", "compute_dtype"):
+        if getattr(config, key) != recorded[key]:
+            raise ExportError(f"file {path}: {key} is {getattr(config, key)!r} but the export recorded "
+                              f"{recorded[key]!r} (text_fingerprint.{key}); altered after export?")
     return config
 
 
@@ -108,8 +126,10 @@ def load_folder(folder: Path):
         raise ExportError(f"folder {folder}: cannot be loaded ({_first_line(e)})") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError(f"file {folder / 'tokenizer.json'}: no fast tokenizer (character offsets need one)")
-    recorded = config.text_fingerprint or {}
-    if recorded.get("weights_sha256") and state_dict_sha256(model.text_model) != recorded["weights_sha256"]:
+    if state_dict_sha256(model.text_model) != config.text_fingerprint["weights_sha256"]:
         raise ExportError(f"file {folder / WEIGHTS}: the text encoder's weights differ from those the export "
                           f"recorded in {CONFIG} (text_fingerprint.weights_sha256); altered after export?")
+    if state_dict_sha256(model.f_g) != config.fg_sha256:
+        raise ExportError(f"file {folder / WEIGHTS}: f_g's weights differ from those the export recorded in "
+                          f"{CONFIG} (fg_sha256); altered after export?")
     return model, tokenizer, config

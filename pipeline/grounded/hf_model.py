@@ -37,6 +37,7 @@ class GroundedConfig(PreTrainedConfig):
     fg_layernorm: bool = True        # f_g ends in a LayerNorm
     text_model_name: str = ""        # what the run loaded (e.g. offline:minilm), for the record
     text_fingerprint: dict | None = None    # TextEncoder.fingerprint() of the run's encoder at export
+    fg_sha256: str | None = None            # state_dict_sha256(f_g) at export: f_g's weights, checked on load
     run_config: dict | None = None          # the source run's resolved configuration (config.json)
     cache_fingerprint: dict | None = None   # the identity of the feature cache f_g was trained on
     source: dict | None = None              # run folder, checkpoint file, epoch and step

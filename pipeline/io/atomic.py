@@ -71,3 +71,13 @@ def atomic_h5(final: Path) -> Iterator[h5py.File]:
         f.flush()
         image = f.id.get_file_image()
     write_bytes_atomic(final, image)
+
+
+def remove_temporaries(folder: Path) -> int:
+    """Delete the `.tmp-*` files that writers killed mid-write left anywhere under `folder` (never under a
+    final name, so never part of a result); how many. Only while holding the folder's lock: a live writer's
+    temporary looks the same."""
+    stale = [p for p in Path(folder).rglob(".tmp-*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)

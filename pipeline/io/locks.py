@@ -56,16 +56,37 @@ def read_holder(fd_or_path) -> Holder | None:
         return None
 
 
+# The descriptors of the locks this process holds. A forked child (a DataLoader worker decoding images, say)
+# inherits them, and flock belongs to the open file, not the process: if the holder were SIGKILLed, its
+# children would keep the folder locked until they exit. So a child closes its copies at once; closing a
+# copy does not release the parent's lock.
+_HELD: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:   # already closed by whoever forked us: nothing of ours to release
+            continue
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class FolderLock:
     def __init__(self, path: Path, fd: int, taken_over: Holder | None):
-        self.path, self.fd, self.taken_over = path, fd, taken_over
+        self.path, self.fd, self.taken_over, self.pid = path, fd, taken_over, os.getpid()
+        _HELD.add(fd)
 
     def release(self) -> None:
         """Delete the file while still holding it (so nobody takes a stale copy), then let go."""
-        if self.fd < 0:
+        if self.fd < 0 or os.getpid() != self.pid:   # a forked child: its copy is closed, the lock not its own
             return
         if _same_file(self.fd, self.path):
             self.path.unlink(missing_ok=True)
+        _HELD.discard(self.fd)
         os.close(self.fd)
         self.fd = -1
 

@@ -124,9 +124,10 @@ def _total_cost(plan: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
 
 
 def _cost_spread(problem: Problem) -> float:
-    """The largest max - min of the unpadded costs over the batch (one host sync). Padding counts as a
-    cost of 0 here, which can only widen it (costs of one sign only)."""
-    return (problem.cost_filled.amax(dim=(1, 2)) - problem.cost_min).amax().item()
+    """The largest max - min of the unpadded costs over the batch (one host sync). Padding is left out: as
+    a cost of 0 it would widen the spread of costs far from 0 (all in [-1, -0.9]: 0.1 -> 1)."""
+    cost = problem.cost_filled if problem.padded is None else problem.cost_filled.masked_fill(problem.padded, -math.inf)
+    return (cost.amax(dim=(1, 2)) - problem.cost_min).amax().item()
 
 
 def _iteration_budget(problem: Problem, epsilon: float, max_iter: int, iters_per_spread: float) -> int:
@@ -145,7 +146,7 @@ def _eps_schedule(problem, epsilon: float, eps_scaling: bool, factor: float) -> 
         return [epsilon]
     if not 0.0 < factor < 1.0:
         raise TransportInputError(f"eps_scaling_factor must be in (0, 1), got {factor}")
-    # Start at the largest cost spread in the batch (padding counted as 0 can only widen it):
+    # Start at the largest cost spread in the batch:
     # at eps that large every row of the plan is nearly uniform, an easy problem to warm-start from.
     start = max(_cost_spread(problem), epsilon)
     stages = math.ceil(math.log(start / epsilon) / math.log(1.0 / factor)) if start > epsilon else 0
