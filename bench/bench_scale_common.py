@@ -23,7 +23,7 @@ def _children(pid: int) -> list[int]:
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/children") as f:
                 out += [int(c) for c in f.read().split()]
-    except OSError:
+    except OSError:   # the process exited while we looked: it has no children left to count
         pass
     return out
 
@@ -44,7 +44,7 @@ def _field(path: str, name: str) -> int:
             for line in f:
                 if line.startswith(name + ":"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except OSError:   # the process has gone
         pass
     return 0
 
@@ -87,7 +87,7 @@ def tree_cpu_seconds() -> float:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])      # utime, stime
-        except OSError:
+        except OSError:   # a worker that exited between listing and reading: its time is gone with it
             pass
     return total / tick
 

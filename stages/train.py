@@ -37,6 +37,7 @@ def train(
     from pipeline.io.atomic import remove_temporaries
     from pipeline.io.disk import full_disk_as_error
     from pipeline.io.locks import lock_folder
+    from pipeline.training.checkpoint import checkpoint_dir
     from pipeline.training.fit import fit  # torch and dvclive load only when the command runs
 
     resolved = resolve(config, set or [])
@@ -54,7 +55,7 @@ def train(
     # Checkpoints check their own room; this names the folder when dvclive or config.json find the disk full.
     with lock_folder(out, task="training run", wait=wait, hint=BUSY_HINT, log=lambda m: typer.echo(m, err=True)), \
             full_disk_as_error(out):
-        remove_temporaries(out)   # a killed run's half-written checkpoint or figure, under the lock
+        remove_temporaries(out, checkpoint_dir(out))   # a killed run's half-written config or checkpoint
         summary = fit(resolved, cache, out, resume=resume, log=lambda m: typer.echo(m, err=True), epoch_metrics=hook)
     typer.echo(json.dumps(summary))
 

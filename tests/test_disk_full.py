@@ -35,7 +35,7 @@ FILL_CHILD = textwrap.dedent("""
             try:
                 while True:
                     f.write(b"\\0" * 65536)
-            except OSError:
+            except OSError:   # full: what this helper is for
                 pass
     def then_fill(path, data):
         real(path, data)

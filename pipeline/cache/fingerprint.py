@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.cache.format import FORMAT_VERSION, PLAN
 from pipeline.errors import CacheError
-from pipeline.io.jsonio import read_json
+from pipeline.io.jsonio import at, read_json
 
 # fingerprint field -> the extract.* key it records.
 CONFIG_FIELDS = {"storage_dtype": "storage_dtype", "compute_dtype": "compute_dtype",
@@ -72,7 +72,7 @@ def config_mismatches(fingerprint: dict, cfg: dict) -> list[str]:
         section = field.rpartition(".")[0]
         if section and not isinstance(fingerprint.get(section), dict):
             continue
-        found = _at(fingerprint, field)
+        found = at(fingerprint, field, ABSENT)
         if field in RECORDED_WHEN:
             expected = True if RECORDED_WHEN[field](cfg) else ABSENT
         elif found == ABSENT:   # an older cache, from before the field was recorded
@@ -114,13 +114,5 @@ def check_fingerprint(split_dir: Path, expected: dict, which: str = PLAN) -> Non
 
 def field_value(d: dict, dotted: str):
     """The value at a dotted key, shortened for an error message ('<absent>' where missing)."""
-    value = _at(d, dotted)
+    value = at(d, dotted, ABSENT)
     return value if not isinstance(value, str) or len(value) < 80 else value[:16] + "..."
-
-
-def _at(d: dict, dotted: str):
-    for k in dotted.split("."):
-        if not isinstance(d, dict) or k not in d:
-            return ABSENT
-        d = d[k]
-    return d

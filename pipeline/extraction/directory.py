@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.cache.fingerprint import check_fingerprint
 from pipeline.cache.format import MANIFEST, PLAN, REPORT, RUN_LOG
 from pipeline.errors import CacheError
-from pipeline.io.atomic import write_json_atomic
+from pipeline.io.atomic import remove_temporaries, write_json_atomic
 from pipeline.io.jsonio import read_json
 from pipeline.io.locks import LOCK_NAME, FolderLock, lock_folder
 
@@ -27,17 +27,6 @@ BUSY_HINT = ("wait for it to finish, or run `groundedbert extract` again with --
 
 def lock_split(split_dir: Path, wait: bool = False) -> FolderLock:
     return lock_folder(split_dir, task=TASK, wait=wait, hint=BUSY_HINT)
-
-
-def remove_stray_temporaries(split_dir: Path) -> list[Path]:
-    """`.tmp-*` files of a killed run: never under a final name, so never part of the cache."""
-    removed = []
-    for folder in (Path(split_dir), *(Path(split_dir) / d for d in OURS_DIRS)):
-        if folder.is_dir():
-            for p in folder.glob(".tmp-*"):
-                p.unlink(missing_ok=True)
-                removed.append(p)
-    return removed
 
 
 def not_ours(split_dir: Path) -> list[Path]:
@@ -75,7 +64,7 @@ def take(split_dir: Path, plan: dict, *, overwrite: bool, leader: bool, wait: bo
         return None
     lock = lock_split(split_dir, wait)
     try:
-        remove_stray_temporaries(split_dir)
+        remove_temporaries(split_dir, *(split_dir / d for d in OURS_DIRS))
         if (split_dir / PLAN).exists():
             if overwrite and read_json(split_dir / PLAN) != plan:
                 delete_cache(split_dir)

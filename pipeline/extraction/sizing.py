@@ -13,7 +13,6 @@ feature widths from the loaded encoders, so the estimate is exact up to those B-
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from pipeline.cache.format import RUN_LOG, write_image_shard, write_text_shard
 from pipeline.errors import CacheError
 from pipeline.extraction.plan import shard_ranges
+from pipeline.io.disk import free_bytes
 from pipeline.io.jsonio import read_json
 
 CHUNK_ROWS = 1024           # cache.format.put's default chunking along the first axis
@@ -140,14 +140,6 @@ def size_split(*, caption_ids: list[str] | None, caption_image_ids: list[str] | 
 
 
 # ----------------------------------------------------------------------------- the disk and the clock
-
-def free_bytes(path: Path) -> int:
-    """Free bytes on the filesystem that will hold `path` (its nearest existing parent)."""
-    path = Path(path).absolute()
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free
-
 
 def bytes_already_there(split_dir: Path) -> int:
     """Shards a previous, interrupted run left: a resumed run does not write them again."""

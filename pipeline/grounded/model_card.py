@@ -2,6 +2,8 @@
 the run's metrics when `groundedbert evaluate grounding` wrote them."""
 from __future__ import annotations
 
+from pipeline.io.jsonio import at
+
 # (label, dotted key in metrics.json); rows whose key is absent are left out.
 HEADLINE = [
     ("pointing game, per word token (transport plan)", "pointing.plan.token.accuracy", "pointing.plan.token.chance"),
@@ -19,20 +21,12 @@ HEADLINE = [
 ]
 
 
-def _get(d: dict, dotted: str):
-    for k in dotted.split("."):
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
 def _fmt(x) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
 def metrics_table(metrics: dict) -> list[str]:
-    rows = [(label, _get(metrics, key), _get(metrics, chance) if chance else None) for label, key, chance in HEADLINE]
+    rows = [(label, at(metrics, key), at(metrics, chance) if chance else None) for label, key, chance in HEADLINE]
     rows = [r for r in rows if r[1] is not None]
     if not rows:
         return ["metrics.json holds none of the usual metrics; see run_metrics.json."]

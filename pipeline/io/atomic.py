@@ -73,11 +73,11 @@ def atomic_h5(final: Path) -> Iterator[h5py.File]:
     write_bytes_atomic(final, image)
 
 
-def remove_temporaries(folder: Path) -> int:
-    """Delete the `.tmp-*` files that writers killed mid-write left anywhere under `folder` (never under a
-    final name, so never part of a result); how many. Only while holding the folder's lock: a live writer's
-    temporary looks the same."""
-    stale = [p for p in Path(folder).rglob(".tmp-*") if p.is_file()]
+def remove_temporaries(*folders: Path) -> list[Path]:
+    """Delete the `.tmp-*` files that writers killed mid-write left in `folders` (never under a final name,
+    so never part of a result). Only while holding their lock: a live writer's temporary looks the same.
+    Only the folders named, not below: a folder of the user's own is left alone."""
+    stale = [p for folder in map(Path, folders) if folder.is_dir() for p in folder.glob(".tmp-*") if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
-    return len(stale)
+    return stale

@@ -1,4 +1,4 @@
-"""Reading a JSON file with an error a user can act on."""
+"""Reading a JSON file with an error a user can act on, and a value at a dotted key of what it held."""
 from __future__ import annotations
 
 import json
@@ -17,3 +17,12 @@ def read_json(path: Path, error: type[Exception] = CacheError) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise error(f"file {path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+
+
+def at(d: dict, dotted: str, default=None):
+    """d["a"]["b"] for "a.b", or `default` where a level is missing or not a dict."""
+    for k in dotted.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d

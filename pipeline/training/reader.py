@@ -411,7 +411,7 @@ def prefetch(iterable, depth: int = 2):
             if close is not None and stop.is_set():
                 try:
                     close()
-                except Exception:
+                except Exception:   # best effort: the consumer has gone, nobody is left to tell
                     pass
 
     thread = threading.Thread(target=work, daemon=True, name="prefetch")
