@@ -37,18 +37,36 @@ class Section(BaseModel):
 
 class Data(Section):
     root: Text
+    preset: Literal["scenes", "simple"]
     images: Count
     captions_per_image: Count
     image_size: Annotated[int, Field(ge=32)]             # the synthetic shapes need room
     val_fraction: Annotated[float, Field(ge=0, lt=1)]
     test_fraction: Annotated[float, Field(ge=0, lt=1)]
     seed: NonNegative
+    # [min, max], inclusive. Six kinds, each at most once an image (pipeline/data/synth_scene.py, MAX_SHAPES);
+    # a caption names one shape or two (pipeline/data/synth_scenes_preset.py, NAMED_MAX).
+    shapes: Annotated[list[Annotated[int, Field(ge=1, le=6)]], Field(min_length=2, max_length=2)]
+    named: Annotated[list[Annotated[int, Field(ge=1, le=2)]], Field(min_length=2, max_length=2)]
+    nonvisual_fraction: Annotated[float, Field(ge=0, le=1)]
+    held_out_synonyms: bool
 
     @model_validator(mode="after")
     def _some_left_to_train(self):
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
                              "leaves no images for training")
+        return self
+
+    @model_validator(mode="after")
+    def _ranges_in_order(self):
+        for key in ("shapes", "named"):
+            low, high = getattr(self, key)
+            if low > high:
+                raise ValueError(f"{key} = [{low}, {high}] is not a range: [min, max] with min <= max")
+        if self.named[1] > self.shapes[0]:
+            raise ValueError(f"named = {self.named} asks captions to name more shapes than shapes = {self.shapes} "
+                             "puts in some images: named's max must be at most shapes' min")
         return self
 
 
@@ -86,8 +104,11 @@ class Train(Section):
     ot_hinge_margin: Annotated[float, Field(ge=0, le=2)]   # costs are 1 - cos, in [0, 2]
     local_contrastive_weight: Weight
     local_contrastive_temperature: Positive
+    local_score: Literal["maxsim", "partial_ot"]          # pipeline.local_score.LOCAL_SCORES
+    local_negatives: Optional[Count]                      # partial_ot: null = every image of the batch
     negatives: Count
     negative_mode: Literal["random", "hard"]
+    train_images: Optional[Count]                         # null = the whole training split
     batch_size: Annotated[int, Field(ge=2)]               # a batch of one image has no negatives
     epochs: Count
     lr: Weight                                            # 0 leaves the model as initialised (a baseline)
@@ -98,6 +119,8 @@ class Train(Section):
     memory_budget_gb: Weight
     num_workers: NonNegative
     num_threads: NonNegative                              # 0 = torch's default
+    ot_num_threads: NonNegative                           # the OT solve's threads; 0 = num_threads
+    val_pointing_every: Count                             # epochs between validation pointing passes
     seed: NonNegative
     device: Device
     amp: Literal["auto", "bfloat16", "off"]

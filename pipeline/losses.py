@@ -92,6 +92,41 @@ def ot_hinge(matched: torch.Tensor, mismatched: torch.Tensor, margin: float) -> 
     return torch.relu(margin + matched - mismatched).mean()
 
 
+class _BestPatch(torch.autograd.Function):
+    """best[k, u] = max_j <q_k, p_uj> for K query rows q (K, d) and U images of m patches p (U, m, d).
+
+    Forward: one (K, d) @ (d, U*m) product, the layout BLAS runs near its peak, then a max over each image's
+    m columns. Backward: a max passes its gradient to its argmax alone, so dq gathers one patch per (token,
+    image) and dp scatters one token per (token, image), O(K U d) work. Autograd's amax would instead build the
+    dense (K, U, m) gradient and run two more products the size of the forward's. Ties: amax splits a tie's
+    gradient evenly, this gives it to one of them (both are subgradients, and float features tie with
+    probability zero)."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        U, m, d = p.shape
+        flat_p = p.reshape(U * m, d)
+        best, arg = torch.mm(q, flat_p.T).view(q.shape[0], U, m).max(dim=-1)
+        flat = arg + torch.arange(U, device=p.device) * m    # (K, U): rows of flat_p
+        ctx.save_for_backward(q, p, flat)
+        return best.to(q.dtype)   # autocast may have run the product in lower precision
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        q, p, flat = ctx.saved_tensors
+        U, m, d = p.shape
+        grad = grad.to(p.dtype).contiguous()
+        dq = dp = None
+        if ctx.needs_input_grad[0]:
+            dq = F.embedding_bag(flat, p.reshape(U * m, d), per_sample_weights=grad, mode="sum")
+        if ctx.needs_input_grad[1]:
+            rows = (grad[:, :, None] * q[:, None, :]).reshape(-1, d)
+            dp = torch.zeros(U * m, d, dtype=p.dtype, device=p.device).index_add_(0, flat.reshape(-1), rows)
+            dp = dp.view(U, m, d)
+        return dq, dp
+
+
 def token_contrastive(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, image_slot: torch.Tensor,
                       temperature: float) -> torch.Tensor:
     """FILIP's token-wise InfoNCE, text to image: g (B, n, d) tokens of B captions, v (U, m, d) patches of
@@ -101,13 +136,19 @@ def token_contrastive(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor
     the loss is the cross-entropy of each caption's scores over the batch's images, its own image the
     target. The OT loss alone only asks a word to be close to *some* patches of its image, which a
     background patch satisfies as well as the object; this term asks each word's best patch in its own
-    image to beat every other image's best patch, and only the named object differs between images."""
-    gn = F.normalize(g.float(), dim=-1, eps=1e-8)
-    vn = F.normalize(v.float(), dim=-1, eps=1e-8)
-    # (B, U, n): for each caption, image and token, the best patch's cosine.
-    best = torch.einsum("bnd,umd->bunm", gn, vn).amax(dim=-1)
-    weights = token_mask.float() / token_mask.float().sum(dim=1, keepdim=True).clamp_min(1.0)
-    scores = (best * weights[:, None, :]).sum(dim=-1) / temperature
+    image to beat every other image's best patch, and only the named object differs between images.
+
+    Only content tokens are scored (padding and [CLS]/[SEP] weigh 0 in the mean, so skipping them changes
+    nothing but the work), packed into one (K, d) block for `_BestPatch`. Float64 stays float64 (gradient
+    checks); anything else runs in float32."""
+    dtype = torch.promote_types(g.dtype, torch.float32)
+    caption, token = token_mask.nonzero(as_tuple=True)
+    q = F.normalize(g[caption, token].to(dtype), dim=-1, eps=1e-8)
+    vn = F.normalize(v.to(dtype), dim=-1, eps=1e-8)
+    best = _BestPatch.apply(q, vn)                                      # (K, U)
+    weights = 1.0 / token_mask.sum(dim=1).clamp_min(1).to(dtype)
+    scores = torch.zeros(g.shape[0], v.shape[0], dtype=dtype, device=g.device)
+    scores = scores.index_add(0, caption, best * weights[caption, None]) / temperature
     return F.cross_entropy(scores, image_slot)
 
 

@@ -39,6 +39,23 @@ def autocast(device: torch.device, compute_dtype: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's CPU threads set to `count` inside the block and given back after (0: left as they are).
+
+    Why per part: the OT solver's sweeps are many small parallel loops, each ending at a barrier that waits
+    for the slowest thread, so on a core another job holds they stall; the MLPs' big products do not."""
+    before = torch.get_num_threads()
+    if count <= 0 or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -5,9 +5,11 @@
         [--figures N --captions data/synth/captions.jsonl --images data/synth] [--set evaluate.mass=0.5]
 
 Writes RUN_DIR/metrics.json: matching accuracy and ROC-AUC, retrieval R@1/5/10 both ways with the
-number of candidates and the chance level, the collapse statistic and, with --grounding, the pointing game
-(per token, per phrase, by word kind; on the plan at the evaluation's OT settings, on the plan at the common
-setting, and on the similarity map) and the synonym precision@1 of h, g and an untrained control;
+number of candidates and the chance level, the collapse statistic and, with --grounding (either form of
+grounding.json), the pointing game (per word with image-bootstrap intervals, per token, per phrase, by word
+kind; on the plan at the evaluation's OT settings, on the plan at the common setting, and on the similarity
+map), its baselines on the same trials, where the plan's mass goes, the headline margin over the object
+prior, and the synonym precision@1 of h, g and an untrained control (all types and held-out types);
 RUN_DIR/figures/*.png the alignment pictures; RUN_DIR/evaluate_config.json the resolved configuration.
 """
 from __future__ import annotations
@@ -32,10 +34,12 @@ def grounding(
     cache: Annotated[Path, typer.Option(help="Cache root holding the split folders.")],
     run: Annotated[Path, typer.Option(help="Run directory written by `groundedbert train`.")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    grounding: Annotated[Optional[Path], typer.Option(help="grounding.json (word spans and boxes) for the pointing game.")] = None,
+    grounding: Annotated[Optional[Path], typer.Option(help="grounding.json (word spans and boxes, either form) for the pointing game.")] = None,
     figures: Annotated[Optional[int], typer.Option(help="Alignment PNGs to write to RUN/figures (default: evaluate.figures).")] = None,
     captions: Annotated[Optional[Path], typer.Option(help="Captions file the cache was extracted from (for --figures).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Images folder the cache was extracted from (for --figures).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Metrics file to write (default RUN/metrics.json); its "
+                                                     "configuration goes beside it, metrics*.json -> evaluate_config*.json.")] = None,
     config: ConfigOpt = None,
     set: SetOpt = None,
 ) -> None:
@@ -50,9 +54,12 @@ def grounding(
         count = 0   # the params default asks for figures only where the source images were given
     metrics = evaluate_run(run, Path(cache) / split, resolved["evaluate"], grounding, figures=count,
                            figures_dir=Path(run) / "figures", captions_file=captions, images_root=images)
-    with full_disk_as_error(run, what="evaluate_config.json"):   # metrics.json and the figures check their own room
-        save_resolved(resolved, run, "evaluate_config.json")
-    write_json_atomic(Path(run) / "metrics.json", metrics)
+    out = Path(run) / "metrics.json" if out is None else Path(out)
+    # One configuration file per metrics file, so that two splits evaluated into one run folder keep theirs.
+    config_name = out.name.replace("metrics", "evaluate_config", 1) if "metrics" in out.name else "evaluate_config.json"
+    with full_disk_as_error(out.parent, what=config_name):   # metrics.json and the figures check their own room
+        save_resolved(resolved, out.parent, config_name)
+    write_json_atomic(out, metrics)
     typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from extract_helpers import extract_args, make_dataset
+from extract_helpers import extract_args, make_dataset, run_cli
+from pipeline.cache.verify import verify_cache
 from pipeline.errors import FolderBusyError
 from pipeline.io.locks import LOCK_NAME, lock_folder, read_holder
 
@@ -105,10 +106,9 @@ def test_second_extraction_stops_at_once_and_wait_finds_the_work_done(tmp_path, 
             time.sleep(0.05)
         shards = sorted(split.rglob("*.h5"))
 
-        second = subprocess.run([sys.executable, "-m", "stages.extract", *extract_args(*data, cache, tiny)],
-                                env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2, second.stderr
-        lines = _error_lines(second.stderr)
+        second = run_cli(extract_args(*data, cache, tiny))   # refused at once: this process can ask as well
+        assert second.exit_code == 2, second.output
+        lines = _error_lines(second.output)
         assert len(lines) == 1 and lines[0].startswith(f"error: folder {split}: another extraction is running")
         assert f"pid {first.pid} on {socket.gethostname()}" in lines[0] and "--wait" in lines[0]
         assert sorted(split.rglob("*.h5")) == shards and not list(split.rglob(".tmp-*"))
@@ -138,15 +138,12 @@ def test_lock_of_a_killed_holder_is_taken_over_and_said(tmp_path, tiny, data):
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert read_holder(cache / "train" / LOCK_NAME).pid == holder.pid   # what a killed run leaves
-    out = subprocess.run([sys.executable, "-m", "stages.extract", *extract_args(*data, cache, tiny)],
-                         env=_env(), cwd=REPO, capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert f"the extraction that held this folder is no longer running (pid {holder.pid} on" in out.stderr
-    assert "taking over its lock" in out.stderr and "complete" in out.stdout
+    out = run_cli(extract_args(*data, cache, tiny))   # the holder was another process; the taker can be this one
+    assert out.exit_code == 0, out.output[-2000:]
+    assert f"the extraction that held this folder is no longer running (pid {holder.pid} on" in out.output
+    assert "taking over its lock" in out.output and "complete" in out.output
     assert not (cache / "train" / LOCK_NAME).exists()
-    verify = subprocess.run([sys.executable, "-m", "stages.cache_tools", "verify", str(cache / "train")],
-                            env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify_cache(cache / "train") == []
 
 
 def test_two_training_runs_in_one_folder(tmp_path):
@@ -195,7 +192,8 @@ HOLDER_WITH_CHILD = textwrap.dedent("""
     from pipeline.io.locks import lock_folder
     lock = lock_folder(sys.argv[1], task="extraction")
     child = os.fork()
-    if child == 0:
+    if child == 0:   # fork has returned here: the child has closed its copy of the lock (register_at_fork)
+        print("ready", file=sys.stderr, flush=True)
         time.sleep(60)
         os._exit(0)
     print(child, flush=True)
@@ -206,7 +204,9 @@ HOLDER_WITH_CHILD = textwrap.dedent("""
 def test_a_forked_child_does_not_keep_a_killed_holders_lock(tmp_path):
     folder = tmp_path / "split"
     proc = _python("-c", HOLDER_WITH_CHILD, str(folder))
+    # Killing the holder before its child is ready would leave the child holding the lock it has not yet closed.
     child = int(proc.stdout.readline())
+    assert proc.stderr.readline().strip() == "ready"
     try:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -125,3 +125,48 @@ def test_collapse_statistic():
     cos = u @ u.T
     brute = (cos.sum() - cos.diagonal().sum()) / (9 * 8)
     assert mean_pairwise_cosine(x).item() == pytest.approx(brute.item(), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- token-wise contrast
+
+def _token_contrastive_dense(g, v, token_mask, image_slot, temperature):
+    """The definition, written the direct way: every (caption, image, token, patch) cosine, then amax."""
+    gn = torch.nn.functional.normalize(g, dim=-1, eps=1e-8)
+    vn = torch.nn.functional.normalize(v, dim=-1, eps=1e-8)
+    best = torch.einsum("bnd,umd->bunm", gn, vn).amax(dim=-1)
+    weights = token_mask.to(g.dtype) / token_mask.to(g.dtype).sum(dim=1, keepdim=True).clamp_min(1.0)
+    scores = (best * weights[:, None, :]).sum(dim=-1) / temperature
+    return torch.nn.functional.cross_entropy(scores, image_slot)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_token_contrastive_equals_the_dense_definition_with_its_gradients(seed):
+    from pipeline.losses import token_contrastive
+    gen = torch.Generator().manual_seed(seed)
+    B, n, U, m, d = 7, 9, 5, 11, 6
+    g = torch.randn(B, n, d, dtype=torch.float64, generator=gen)
+    v = torch.randn(U, m, d, dtype=torch.float64, generator=gen)
+    mask = torch.rand(B, n, generator=gen) < 0.6
+    mask[0] = False                                   # a caption without content tokens scores 0 everywhere
+    slot = torch.randint(0, U, (B,), generator=gen)
+    got_g, got_v = g.clone().requires_grad_(), v.clone().requires_grad_()
+    want_g, want_v = g.clone().requires_grad_(), v.clone().requires_grad_()
+    got = token_contrastive(got_g, got_v, mask, slot, 0.07)
+    want = _token_contrastive_dense(want_g, want_v, mask, slot, 0.07)
+    got.backward()
+    want.backward()
+    assert got.dtype == torch.float64
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(got_g.grad, want_g.grad, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(got_v.grad, want_v.grad, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, b: token_contrastive(a, b, mask, slot, 0.5),
+                                    (g.clone().requires_grad_(), v.clone().requires_grad_()))
+
+
+def test_token_contrastive_float32_matches_the_definition():
+    from pipeline.losses import token_contrastive
+    gen = torch.Generator().manual_seed(3)
+    g, v = torch.randn(16, 12, 32, generator=gen), torch.randn(10, 49, 32, generator=gen)
+    mask, slot = torch.rand(16, 12, generator=gen) < 0.7, torch.randint(0, 10, (16,), generator=gen)
+    assert torch.allclose(token_contrastive(g, v, mask, slot, 0.07), _token_contrastive_dense(g, v, mask, slot, 0.07),
+                          rtol=1e-5, atol=1e-5)

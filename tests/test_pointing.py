@@ -1,9 +1,11 @@
-"""The pointing game: geometry of boxes on the patch grid, chance by the same rule as a hit, and the
-per-token, per-phrase and per-kind trials."""
+"""The pointing game: geometry of boxes on the patch grid, chance by the same rule as a hit, the per-word,
+per-token, per-phrase and per-kind trials, ties against the map and non-finite maps."""
 import numpy as np
 import pytest
 
-from pipeline.evaluation.pointing import PointingGame, box_in_crop, grounded_tokens, patches_in_box, word_trials
+from pipeline.errors import DataError
+from pipeline.evaluation.pointing import (PointingGame, box_in_crop, grounded_tokens, patches_in_box, point_patch,
+                                          pointing_hit, word_trials)
 
 
 def test_box_maps_into_the_center_crop():
@@ -106,3 +108,56 @@ def test_per_token_per_phrase_and_per_kind():
     game = PointingGame()
     game.add_caption(plan, SPANS, CONTENT, [PHRASE], (64, 64), (2, 2), 64)
     assert game.result()["phrase"]["accuracy"] == 0.0
+
+
+def test_a_word_split_into_pieces_is_one_trial_on_its_summed_map():
+    # "crimson" is crim + ##son: crim puts 0.25 on patch 0 (inside), ##son 0.1 on patch 0 and 0.3 on patch 1
+    # (outside). Per token: one hit, one miss. Per word: 0.35 against 0.3 on patch 0, one hit.
+    plan = np.zeros((7, 4))
+    plan[2, 0] = 1.0                      # "small": hit
+    plan[3, 0] = 0.25
+    plan[4, 0], plan[4, 1] = 0.1, 0.3
+    plan[5, 3] = 0.4                      # "box": miss
+    game = PointingGame()
+    game.add_caption(plan, SPANS, CONTENT, [PHRASE], (64, 64), (2, 2), 64, image="img0")
+    trials = game.word_trials()
+    assert trials.kind.tolist() == ["size", "colour", "shape"] and trials.hit.tolist() == [1, 1, 0]
+    assert game.result()["colour"] == {"accuracy": 0.5, "chance": 0.25, "trials": 2}
+    plan[4, 1] = 0.5                      # now the word's sum peaks outside: a miss, the tokens unchanged
+    game = PointingGame()
+    game.add_caption(plan, SPANS, CONTENT, [PHRASE], (64, 64), (2, 2), 64)
+    assert game.word_trials().hit.tolist() == [1, 0, 0]
+    assert game.result()["colour"]["accuracy"] == 0.5
+
+
+def test_ties_go_against_the_map():
+    inside = np.array([True, False, False, False])
+    assert pointing_hit(np.array([0.5, 0.1, 0.0, 0.0]), inside)
+    assert not pointing_hit(np.array([0.5, 0.5, 0.0, 0.0]), inside)      # argmax would say patch 0
+    assert not pointing_hit(np.zeros(4), inside)                          # a constant map points nowhere
+    assert pointing_hit(np.zeros(4), np.ones(4, dtype=bool))              # unless every patch is inside
+    assert pointing_hit(np.array([0.5, 0.5, 0.0, 0.0]), np.array([True, True, False, False]))
+    # In the game: a word with no mass at all (an all-zero row) is a miss on every unit.
+    game = PointingGame()
+    game.add_caption(np.zeros((7, 4)), SPANS, CONTENT, [PHRASE], (64, 64), (2, 2), 64)
+    r = game.result()
+    assert r["token"]["accuracy"] == 0.0 and r["phrase"]["accuracy"] == 0.0
+    assert game.word_trials().hit.tolist() == [0, 0, 0]
+
+
+def test_a_non_finite_map_is_an_error_naming_the_caption():
+    plan = np.zeros((7, 4))
+    plan[0, 0] = np.nan                   # a non-content row ([CLS]) is never read
+    PointingGame().add_caption(plan, SPANS, CONTENT, [PHRASE], (64, 64), (2, 2), 64, caption_id="img3_1")
+    plan[3, 2] = np.inf
+    with pytest.raises(DataError, match=r"caption img3_1: 1 of .* plan map are not finite"):
+        PointingGame("plan").add_caption(plan, SPANS, CONTENT, [PHRASE], (64, 64), (2, 2), 64, caption_id="img3_1")
+
+
+def test_the_patch_holding_a_point():
+    # 4x4 grid of a 64-px image: x = 16 lies in column 1 (16 px per patch), y = 48 in row 3.
+    assert point_patch((16, 48), (64, 64), 64, (4, 4)) == 13
+    assert point_patch((63.9, 0), (64, 64), 64, (4, 4)) == 3
+    # A 200x100 image's crop is x in [50, 150]: a centre left of it goes to the edge column.
+    assert point_patch((10, 10), (200, 100), 100, (4, 4)) == 0
+    assert point_patch((150, 99), (200, 100), 100, (4, 4)) == 15

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import CacheError
+from pipeline.errors import CacheError, ConfigError
 from pipeline.modules import GroundingModel
-from pipeline.training.reader import SplitReader, epoch_loader
+from pipeline.training.reader import SplitReader, epoch_loader, image_subset
 from stage2_fixtures import make_split
 
 
@@ -201,3 +201,52 @@ def test_streamed_image_block_and_row_gathers_give_the_same_batches(split, monke
     assert gathered._block is None
     for a, b in zip(with_block, without):
         assert torch.equal(a["patches"], b["patches"]) and torch.equal(a["prefix"], b["prefix"])
+
+
+# ----------------------------------------------------------------------------- train.train_images
+
+def planned_images(reader, batch_size=4, seed=0) -> set[str]:
+    return {reader.caption_image_ids[c] for b in reader.plan(batch_size, seed) for c in b}
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.0])
+def test_a_subset_holds_n_images_with_all_their_captions(split, budget):
+    d, data = split
+    reader = SplitReader(d, memory_budget_gb=budget)
+    reader.keep_images(4)
+    kept = planned_images(reader)
+    captions = sorted(c for b in reader.plan(4, [0, 1]) for c in b)
+    assert len(kept) == reader.used_images == 4
+    assert captions == [c for c, i in enumerate(data["image_ids"]) if i in kept]   # every caption of those, once
+    assert reader.used_captions == len(captions) == 12
+    # fit's steps per epoch (from the unshuffled plan) are those of a shuffled epoch of the subset.
+    assert len(reader.plan(4, None)) == len(reader.plan(4, 5)) < len(SplitReader(d).plan(4, None))
+    batches = all_batches(reader, batch_size=4, seed=2)
+    assert {reader.image_ids[r] for b in batches for r in b["image_index"].tolist()} == kept
+    reader.keep_images(None)
+    assert reader.used_images == 10 and len(planned_images(reader)) == 10
+
+
+def test_subsets_are_nested_and_do_not_depend_on_the_seed_or_the_order(split):
+    d, _ = split
+    reader = SplitReader(d)
+    subsets = []
+    for n in (2, 5, 8, 10):
+        reader.keep_images(n)
+        by_seed = [planned_images(reader, seed=[s, 0]) for s in (0, 1, 7)]   # train.seed varies, the data does not
+        assert by_seed[0] == by_seed[1] == by_seed[2]
+        subsets.append(by_seed[0])
+    assert all(a < b for a, b in zip(subsets, subsets[1:]))
+    # The subset is a function of the image ids alone: the same whatever the order they are listed in.
+    ids = list(reader.image_ids)
+    assert {ids[r] for r in image_subset(ids, 5)} == {ids[::-1][r] for r in image_subset(ids[::-1], 5)} == subsets[1]
+
+
+def test_more_images_than_the_split_holds_is_one_line_naming_key_value_and_count(split):
+    d, _ = split
+    reader = SplitReader(d)
+    with pytest.raises(ConfigError) as caught:
+        reader.keep_images(11)
+    assert str(caught.value) == f"train.train_images=11 is more than the 10 images of the split {d}"
+    reader.keep_images(10)
+    assert reader.used_captions == reader.num_captions

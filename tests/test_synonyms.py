@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.evaluation.synonyms import WordTypeAverager, word_occurrences, word_type
+from pipeline.evaluation.synonyms import WordTypeAverager, held_out_types, word_occurrences, word_type
 
 
 def tokenise(caption: str, pieces: list[str], pad: int = 2):
@@ -156,3 +156,25 @@ def test_no_trials_and_bad_labels():
         avg.add("g", np.eye(2), [("red", "colour", "orange", np.array([0]))])
     with pytest.raises(ValueError):
         avg.add("g", np.eye(3), [("red", "colour", "red", np.array([0]))])
+
+
+def test_precision_at_1_on_held_out_types():
+    avg = WordTypeAverager()
+    build(avg)
+    # crimson -> red (hit) and blue -> red (miss); their neighbours are sought among all five types.
+    avg.held_out.update({"crimson", "blue"})
+    assert avg.precision_at_1("g", held_out=True) == {"precision_at_1": 0.5, "trials": 2, "types": 2}
+    avg.held_out.add("square")            # present but alone in its class: counted as a type, no trial
+    assert avg.precision_at_1("g", held_out=True) == {"precision_at_1": 0.5, "trials": 2, "types": 3}
+    assert avg.precision_at_1("g")["precision_at_1"] == 0.75        # the all-types number is unchanged
+    empty = WordTypeAverager()
+    build(empty)
+    r = empty.precision_at_1("g", held_out=True)
+    assert math.isnan(r["precision_at_1"]) and r["trials"] == 0 and r["types"] == 0
+
+
+def test_held_out_types_come_from_the_word_flags():
+    caption = "a Crimson star and a red circle"
+    ph = [phrase(dict(word(caption, "Crimson", "colour", "red"), held_out=True), word(caption, "star", "shape", "star")),
+          phrase(word(caption, "red", "colour", "red"), dict(word(caption, "circle", "shape", "circle"), held_out=False))]
+    assert held_out_types(ph) == {"crimson"}

@@ -177,3 +177,28 @@ def test_resume_after_a_kill_mid_epoch_logs_each_step_once(cache, reference, tmp
         assert steps == sorted(set(steps)), tsv          # strictly increasing: no step twice
         # Same rows as the run that was never killed (it resumes exactly, so the values agree too).
         assert tsv.read_bytes() == (ref / "dvclive/plots/metrics" / tsv.relative_to(plots)).read_bytes(), tsv
+
+
+def test_validation_pointing_every_k_epochs_and_at_the_last(cache, tmp_path):
+    calls = []
+
+    def hook(model, reader, device):
+        calls.append(len(calls))
+        return {"pointing/probe": 1.0}
+
+    cfg = resolve(None, TINY_TRAIN + ["train.epochs=5", "train.patience=99", "train.val_pointing_every=2"])
+    fit(cfg, cache, tmp_path, resume=False, log=lambda m: None, epoch_metrics=hook)
+    assert len(calls) == 3                            # epochs 2, 4 and the last, 5
+    rows = (tmp_path / "dvclive" / "plots" / "metrics" / "val" / "pointing" / "probe.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 3
+
+
+def test_threads_of_the_ot_part_change_no_result(cache, reference, tmp_path):
+    """train.ot_num_threads only sets how many threads the OT solve runs on, and gives them back after."""
+    before = torch.get_num_threads()
+    run(cache, tmp_path, "train.num_threads=1", "train.ot_num_threads=2")
+    assert torch.get_num_threads() == before
+    ref, _ = reference
+    a, b = weights(ref), weights(tmp_path)
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-6), k

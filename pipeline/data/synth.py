@@ -2,8 +2,16 @@
 
     OUT/captions.jsonl   the JSONL manifest (image, caption, split, caption_id, image_id), read by load_split
     OUT/images/*.png     the images (paths in the manifest are relative to OUT)
-    OUT/grounding.json   caption id -> [{start, end, text, box, shape, colour}]: which words name which box
+    OUT/grounding.json   which words name which box (format below, docs/data.md)
     OUT/summary.json     counts per split and the parameters that made it; OUT/README.md says the same
+
+Two presets. `scenes` (the default): 3-6 shapes of distinct colours and kinds on one background every
+image shares; each caption names only one or two of them, some captions carry words that name nothing
+("in this picture"), and one synonym per colour and per shape appears only in val and test captions.
+grounding.json is format 2: {"format": 2, "captions": {id: {image_id, phrases, nonvisual}}, "images":
+{id: {size, shapes}}}. `simple`: 1-3 shapes on varied backgrounds, captions that may list every shape,
+grounding.json as {caption id: [{start, end, text, box, shape, colour, words}]}; for the same parameters
+its files stay byte-identical (tests/test_data_synth.py pins their hash).
 
 Every image draws from its own generator seeded by (seed, index), so the bytes of image i do not
 depend on how many images come before it, and the same seed always gives byte-identical files
@@ -19,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.synth_captions import make_captions
-from pipeline.data.synth_scene import render_scene
+from pipeline.data.synth_scene import MAX_SHAPES, overlapping_pairs, render_scene
+from pipeline.data.synth_scenes_preset import NAMED_MAX, Scenes, scenes_readme
 from pipeline.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -28,34 +37,42 @@ _SPLIT_STREAM = 7919  # a second seed component, so the split shuffle is its own
 
 
 def synthesize(out_dir: Path, images: int, captions_per_image: int, image_size: int, seed: int,
-               val_fraction: float, test_fraction: float) -> dict:
-    """Write the dataset under `out_dir` and return its summary."""
+               val_fraction: float, test_fraction: float, preset: str = "scenes",
+               shapes: tuple[int, int] = (3, 6), named: tuple[int, int] = (1, 2),
+               nonvisual_fraction: float = 0.4, held_out_synonyms: bool = True) -> dict:
+    """Write the dataset under `out_dir` and return its summary. `shapes`, `named`, `nonvisual_fraction`
+    and `held_out_synonyms` shape the scenes preset; the simple preset ignores them."""
     _check(images, captions_per_image, image_size, seed, val_fraction, test_fraction)
+    scenes = _check_preset(preset, shapes, named, nonvisual_fraction, held_out_synonyms)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     split_of = assign_splits(images, val_fraction, test_fraction, seed)
 
-    lines, grounding = [], {}
+    lines = []
+    grounding = {} if scenes is None else {"format": 2, "captions": {}, "images": {}}
     counts = {s: Counter() for s in SPLITS}
     shapes_seen, colours_seen = Counter(), Counter()
     for i in range(images):
         rng = np.random.default_rng([seed, i])
-        image, shapes, bg, masks = render_scene(rng, image_size)
-        overlaps = {(a, b) for a in range(len(masks)) for b in range(len(masks))
-                    if a != b and (masks[a] & masks[b]).any()}
-        captions = make_captions(rng, shapes, bg, image_size, captions_per_image, overlaps)
         image_id, rel_path = f"img{i:05d}", f"images/img{i:05d}.png"
-        _atomic(out_dir / rel_path, lambda tmp: image.save(tmp, format="PNG", compress_level=6))
         split = split_of[i]
+        if scenes is None:
+            image, drawn, bg, masks = render_scene(rng, image_size)
+            captions = make_captions(rng, drawn, bg, image_size, captions_per_image, overlapping_pairs(masks))
+        else:
+            image, drawn, captions, grounding["images"][image_id] = scenes.image(rng, image_size,
+                                                                                captions_per_image, split)
+            captions = [(text, {"image_id": image_id, **entry}) for text, entry in captions]
+        _atomic(out_dir / rel_path, lambda tmp: image.save(tmp, format="PNG", compress_level=6))
         counts[split]["images"] += 1
         counts[split]["captions"] += len(captions)
-        shapes_seen.update(s.kind for s in shapes)
-        colours_seen.update(s.colour for s in shapes)
-        for k, (text, phrases) in enumerate(captions):
+        shapes_seen.update(s.kind for s in drawn)
+        colours_seen.update(s.colour for s in drawn)
+        for k, (text, entry) in enumerate(captions):
             caption_id = f"{image_id}_{k}"
             lines.append(json.dumps({"caption_id": caption_id, "image_id": image_id, "image": rel_path,
                                      "caption": text, "split": split}, ensure_ascii=False))
-            grounding[caption_id] = phrases
+            (grounding if scenes is None else grounding["captions"])[caption_id] = entry
     _remove_stale_images(out_dir / "images", images)
 
     summary = {
@@ -66,9 +83,11 @@ def synthesize(out_dir: Path, images: int, captions_per_image: int, image_size: 
         "params": {"images": images, "captions_per_image": captions_per_image, "image_size": image_size,
                    "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction},
     }
+    if scenes is not None:
+        summary = scenes.summary(summary)
     _write_text(out_dir / GROUNDING, json.dumps(grounding, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     _write_text(out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
-    _write_text(out_dir / "README.md", _readme(summary))
+    _write_text(out_dir / "README.md", _readme(summary) if scenes is None else scenes_readme(summary))
     # The manifest goes last: a run killed half way leaves no manifest promising files it never wrote.
     _write_text(out_dir / MANIFEST, "\n".join(lines) + "\n")
     return summary
@@ -102,6 +121,32 @@ def _check(images, captions_per_image, image_size, seed, val_fraction, test_frac
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ConfigError(f"data.val_fraction and data.test_fraction must be in [0, 1) and leave some "
                           f"training images, got {val_fraction} and {test_fraction}")
+
+
+def _check_preset(preset, shapes, named, nonvisual_fraction, held_out_synonyms) -> Scenes | None:
+    """The scenes preset's generator, or None for the simple preset (which ignores the scene knobs)."""
+    if preset == "simple":
+        return None
+    if preset != "scenes":
+        raise ConfigError(f"data.preset must be scenes or simple, got {preset!r}")
+    shapes, named = _range("data.shapes", shapes), _range("data.named", named)
+    if not 1 <= shapes[0] <= shapes[1] <= MAX_SHAPES:
+        raise ConfigError(f"data.shapes must be [min, max] with 1 <= min <= max <= {MAX_SHAPES} (a scene has "
+                          f"{MAX_SHAPES} shape kinds, each used once), got {list(shapes)}")
+    if not 1 <= named[0] <= named[1] <= min(NAMED_MAX, shapes[0]):
+        raise ConfigError(f"data.named must be [min, max] with 1 <= min <= max <= {NAMED_MAX} and max no more "
+                          f"than data.shapes' min ({shapes[0]}), so every image has the shapes a caption names; "
+                          f"got {list(named)}")
+    if not 0 <= nonvisual_fraction <= 1:
+        raise ConfigError(f"data.nonvisual_fraction must be in [0, 1], got {nonvisual_fraction}")
+    return Scenes(shapes, named, float(nonvisual_fraction), bool(held_out_synonyms))
+
+
+def _range(key: str, value) -> tuple[int, int]:
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise ConfigError(f"{key} must be two integers [min, max], got {value!r}")
+    return int(value[0]), int(value[1])
 
 
 def _atomic(path: Path, write) -> None:

@@ -7,6 +7,8 @@ recovered by searching the text. Relations come from the shapes' real positions 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from pipeline.data.synth_scene import Shape
@@ -29,8 +31,32 @@ RELATION_WORDS = {"left": ["to the left of", "left of", "next to", "beside"],
                   "behind": ["partly hidden behind", "behind"], "front": ["in front of", "partly covering"]}
 COUNT_WORDS = {2: ["two", "2"], 3: ["three", "3"]}
 DOMINANCE = 1.3  # a relation is "left of" only if the horizontal offset clearly beats the vertical one
+# The scenes preset keeps one synonym per colour and per shape out of every training caption, so val and
+# test can ask whether a word never seen beside an image still points at its shape.
+HELD_OUT = {"colour": {"red": "scarlet", "green": "emerald", "blue": "cobalt", "yellow": "golden",
+                       "purple": "violet", "orange": "tangerine", "cyan": "turquoise"},
+            "shape": {"circle": "disc", "square": "block", "triangle": "three-sided shape",
+                      "star": "five-pointed star", "cross": "plus sign", "diamond": "lozenge"}}
+# Words that name nothing in the image (the scenes preset): a caption's words are not all about regions.
+ASIDES_BEFORE = {"in this picture": ", ", "as you can see": ", ", "I think": " ", "apparently": " ",
+                 "in my opinion": ", ", "if I remember correctly": ", "}   # each with what follows it
+ASIDES_AFTER = ["in this picture", "I think", "nicely drawn", "as you can see", "if I remember correctly",
+                "it seems"]
 
-Segment = str | tuple[str, int, list[dict]]   # plain text, or (phrase, shape index, its annotated words)
+
+class Aside(str):
+    """Words that name no region ("in this picture", "I think"): their span is recorded, not grounded."""
+
+
+@dataclass(frozen=True)
+class Vocab:
+    colours: dict[str, list[str]]
+    shapes: dict[str, list[str]]
+    held_out: frozenset[str] = frozenset()   # surface forms marked "held_out" in the grounding
+
+
+SIMPLE_VOCAB = Vocab(COLOUR_WORDS, SHAPE_WORDS)
+Segment = str | tuple[str, int, list[dict]]   # plain text (maybe an Aside), or (phrase, shape index, its words)
 
 
 def pick(rng: np.random.Generator, options: list[str]) -> str:
@@ -61,12 +87,14 @@ def position(shape: Shape, size: int) -> str:
     return f"in the {row} {col} corner"
 
 
-def noun_phrase(rng: np.random.Generator, shape: Shape, index: int) -> list[Segment]:
+def noun_phrase(rng: np.random.Generator, shape: Shape, index: int, vocab: "Vocab | None" = None) -> list[Segment]:
     """["a ", ("small red circle", index, words)] and its variants; the span covers size, colour and noun.
     `words` gives each content word's [start, end) within the phrase, its kind (size, colour, shape) and
     its class (the canonical name its synonyms share), so evaluation can score colour words, shape nouns
-    and size words apart; "in" and "coloured" are function words and carry no entry."""
-    colour, noun, size = (pick(rng, COLOUR_WORDS[shape.colour]), pick(rng, SHAPE_WORDS[shape.kind]),
+    and size words apart; "in" and "coloured" are function words and carry no entry. A word the vocabulary
+    holds out of training is marked "held_out": true."""
+    vocab = vocab or SIMPLE_VOCAB
+    colour, noun, size = (pick(rng, vocab.colours[shape.colour]), pick(rng, vocab.shapes[shape.kind]),
                           pick(rng, SIZE_WORDS[shape.size]))
     form = rng.integers(4)
     kinds = {"size": (size, shape.size), "colour": (colour, shape.colour), "shape": (noun, shape.kind)}
@@ -81,6 +109,8 @@ def noun_phrase(rng: np.random.Generator, shape: Shape, index: int) -> list[Segm
         if cls is not None:
             annotated.append({"start": len(phrase), "end": len(phrase) + len(text), "text": text, "kind": w,
                               "class": cls})
+            if text in vocab.held_out:
+                annotated[-1]["held_out"] = True
         phrase += text
     return ["an " if phrase[0] in "aeiou" else "a ", (phrase, index, annotated)]
 
@@ -123,15 +153,17 @@ def listing(rng, shapes, bg, size, overlaps) -> list[Segment]:
     return head + ([" " + pick(rng, BACKGROUND_WORDS[bg])] if rng.random() < 0.5 else [])
 
 
-def assemble(rng: np.random.Generator, segments: list[Segment], shapes: list[Shape]) -> tuple[str, list[dict]]:
-    """Join segments into the caption text and the grounded phrases with their character spans."""
+def assemble(rng: np.random.Generator, segments: list[Segment], shapes: list[Shape],
+             shape_index: bool = False) -> tuple[str, list[dict], list[dict]]:
+    """Join segments into the caption text, the grounded phrases and the asides, with their character spans;
+    with `shape_index`, each phrase also names its shape's position in `shapes`."""
     if rng.random() < 0.5:  # capitalise the first letter: same length, so no span moves
         first = segments[0]
         segments = [(first[0][0].upper() + first[0][1:], *first[1:]) if isinstance(first, tuple)
-                    else first[0].upper() + first[1:]] + segments[1:]
+                    else type(first)(first[0].upper() + first[1:])] + segments[1:]
     if rng.random() < 0.5:
         segments = segments + ["."]
-    text, phrases = "", []
+    text, phrases, asides = "", [], []
     for seg in segments:
         if isinstance(seg, tuple):
             words, k, annotated = seg
@@ -139,10 +171,14 @@ def assemble(rng: np.random.Generator, segments: list[Segment], shapes: list[Sha
             phrases.append({"start": at, "end": at + len(words), "text": words,
                             "box": list(s.box), "shape": s.kind, "colour": s.colour,
                             "words": [dict(w, start=at + w["start"], end=at + w["end"]) for w in annotated]})
+            if shape_index:
+                phrases[-1]["shape_index"] = k
             text += words
         else:
+            if isinstance(seg, Aside):
+                asides.append({"start": len(text), "end": len(text) + len(seg), "text": str(seg)})
             text += seg
-    return text, phrases
+    return text, phrases, asides
 
 
 def make_captions(rng: np.random.Generator, shapes: list[Shape], bg: str, size: int, count: int,
@@ -158,8 +194,71 @@ def make_captions(rng: np.random.Generator, shapes: list[Shape], bg: str, size: 
         segments = template(rng, shapes, bg, size, overlaps)
         if segments is None:
             continue
-        text, phrases = assemble(rng, segments, shapes)
+        text, phrases, _ = assemble(rng, segments, shapes)
         if text.lower().rstrip(".") not in seen:  # differing only in case or a full stop is not "different"
             seen.add(text.lower().rstrip("."))
             out.append((text, phrases))
+    return out
+
+
+def scene_vocab(held_out_synonyms: bool, training: bool) -> Vocab:
+    """The scenes preset's words: training captions never use a held-out synonym; val and test use them all."""
+    if not held_out_synonyms:
+        return SIMPLE_VOCAB
+    held = {**HELD_OUT["colour"], **HELD_OUT["shape"]}
+    if not training:
+        return Vocab(COLOUR_WORDS, SHAPE_WORDS, frozenset(held.values()))
+    keep = lambda words: {cls: [w for w in ws if w != held[cls]] for cls, ws in words.items()}
+    return Vocab(keep(COLOUR_WORDS), keep(SHAPE_WORDS))
+
+
+def name_one(rng, shapes, k, size, vocab) -> list[Segment]:
+    np_ = noun_phrase(rng, shapes[k], k, vocab)
+    form = rng.integers(3)
+    if form == 0:
+        return np_ + [" " + position(shapes[k], size)]
+    if form == 1:
+        return ["there is "] + np_ + [" " + position(shapes[k], size)]
+    return ["one of the shapes is "] + np_
+
+
+def name_two(rng, shapes, i, j, overlaps, vocab) -> list[Segment]:
+    a, b = noun_phrase(rng, shapes[i], i, vocab), noun_phrase(rng, shapes[j], j, vocab)
+    form = rng.integers(4)
+    if form == 0:
+        return a + [" and "] + b
+    rel = pick(rng, RELATION_WORDS[relation(shapes[i], shapes[j], i, j, (i, j) in overlaps, rng)])
+    if form == 1:
+        return ["the ", a[1], f" is {rel} the ", b[1]]
+    return a + [f" {rel} "] + b
+
+
+def with_aside(rng: np.random.Generator, segments: list[Segment]) -> list[Segment]:
+    """The caption with a non-visual clause before or after it; the clause is its own segment, so its span
+    never overlaps a phrase."""
+    if rng.random() < 0.5:
+        words = pick(rng, list(ASIDES_BEFORE))
+        return [Aside(words), ASIDES_BEFORE[words]] + segments
+    return segments + [", ", Aside(pick(rng, ASIDES_AFTER))]
+
+
+def make_scene_captions(rng: np.random.Generator, shapes: list[Shape], size: int, count: int,
+                        overlaps: set[tuple[int, int]], named: tuple[int, int], nonvisual_fraction: float,
+                        vocab: Vocab) -> list[tuple[str, list[dict], list[dict]]]:
+    """`count` different captions, each naming `named` shapes (one, or two side by side or related) and
+    leaving the rest of the scene out; about `nonvisual_fraction` of them carry an aside."""
+    out, seen = [], set()
+    for _ in range(50 * count):
+        if len(out) == count:
+            break
+        n = int(rng.integers(named[0], named[1] + 1))
+        picked = [int(k) for k in rng.choice(len(shapes), n, replace=False)]
+        segments = (name_one(rng, shapes, picked[0], size, vocab) if n == 1
+                    else name_two(rng, shapes, picked[0], picked[1], overlaps, vocab))
+        if rng.random() < nonvisual_fraction:
+            segments = with_aside(rng, segments)
+        text, phrases, asides = assemble(rng, segments, shapes, shape_index=True)
+        if text.lower().rstrip(".") not in seen:
+            seen.add(text.lower().rstrip("."))
+            out.append((text, phrases, asides))
     return out

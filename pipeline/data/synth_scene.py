@@ -1,4 +1,7 @@
-"""Draw one synthetic scene: 1-3 coloured shapes on a textured background, with each shape's box.
+"""Draw one synthetic scene: coloured shapes on a background, with each shape's box.
+
+Two presets: `render_scene` (simple: 1-3 shapes on one of four backgrounds) and `render_scenes` (scenes:
+3-6 shapes of distinct colours and kinds on a background every image shares).
 
 Each shape is drawn as its own mask first, so its box is exactly the bounding box of the pixels it
 covers (x1, y1 exclusive, PIL's getbbox convention), before any later shape covers part of it.
@@ -124,6 +127,11 @@ def place_shapes(rng: np.random.Generator, size: int) -> list[tuple[Shape, np.nd
     return placed[:1]  # a canvas too small for the others; one shape is always fully visible
 
 
+def overlapping_pairs(masks: list[np.ndarray]) -> set[tuple[int, int]]:
+    """Ordered pairs of shapes whose masks share a pixel: a caption may say one is behind the other."""
+    return {(a, b) for a in range(len(masks)) for b in range(len(masks)) if a != b and (masks[a] & masks[b]).any()}
+
+
 def render_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[Shape], str, list[np.ndarray]]:
     """The image, its shapes in drawing order, the background kind, and each shape's full mask."""
     canvas, bg = background(rng, size)
@@ -135,3 +143,80 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, list
     # "noise" backgrounds already give the encoder texture to look past.
     image = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), "RGB")
     return image, [s for s, _ in placed], bg, [m for _, m in placed]
+
+
+# The scenes preset: 3-6 shapes, no colour and no kind twice in one image (so each colour word and each
+# shape word names exactly one shape), on one background shared by every image, so that only the shapes
+# tell two images apart. Sizes are smaller than the simple preset's so six shapes fit on the canvas.
+SCENE_SIZES = {"small": (0.06, 0.08), "medium": (0.095, 0.12), "large": (0.135, 0.165)}
+MAX_SHAPES = min(len(COLOURS), len(SHAPES))
+SCENE_GREYS = ((118.0, 121.0, 124.0), (142.0, 139.0, 136.0))   # low contrast: texture, not a cue
+PLACE_TRIES = 60     # positions tried per shape before the whole scene is placed again, smaller
+SHRINK = 0.9         # radius factor for each fresh placement of a scene that did not fit
+MIN_RADIUS = 1.5     # pixels: below this a shape's mask can come out empty
+
+
+def scene_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Low-contrast blotches in the same two greys for every image, float32 HxWx3. Smooth, not per-pixel
+    noise, which PNG cannot compress."""
+    coarse = rng.random((8, 8)).astype(np.float32)
+    t = np.asarray(Image.fromarray(coarse, "F").resize((size, size), Image.Resampling.BILINEAR))[..., None]
+    a, b = (np.array(g, np.float32) for g in SCENE_GREYS)
+    return (a * (1 - t) + b * t).astype(np.float32)
+
+
+def place_scene(rng: np.random.Generator, size: int, count: int) -> list[tuple[Shape, np.ndarray]]:
+    """`count` shapes of distinct colours and distinct kinds, each at least MIN_VISIBLE uncovered by the
+    shapes drawn after it. A shape that finds no place sends the whole scene back to be placed again with
+    every radius shrunk, so the count asked for is always the count drawn."""
+    if not 1 <= count <= MAX_SHAPES:
+        raise ValueError(f"a scene holds 1 to {MAX_SHAPES} shapes, got {count}")
+    names = list(COLOURS)
+    colours = [names[k] for k in rng.choice(len(names), count, replace=False)]
+    kinds = [SHAPES[k] for k in rng.choice(len(SHAPES), count, replace=False)]
+    size_names = [list(SCENE_SIZES)[k] for k in rng.integers(len(SCENE_SIZES), size=count)]
+    radii = [rng.uniform(*SCENE_SIZES[s]) * size for s in size_names]
+    scale = 1.0
+    while True:
+        placed = _try_place(rng, size, colours, kinds, size_names, [max(MIN_RADIUS, r * scale) for r in radii])
+        if placed is not None:
+            return placed
+        scale *= SHRINK
+
+
+def _try_place(rng, size, colours, kinds, size_names, radii) -> list[tuple[Shape, np.ndarray]] | None:
+    placed, visible, full = [], [], []   # visible[j]: the part of shape j no later shape covers yet
+    for colour, kind, size_name, r in zip(colours, kinds, size_names, radii):
+        for _ in range(PLACE_TRIES):
+            cx, cy = rng.uniform(r + 1, size - r - 1, 2)
+            mask = shape_mask(kind, cx, cy, r, size)
+            if not mask.any():
+                continue
+            left = [v & ~mask for v in visible]
+            if all(lv.sum() >= MIN_VISIBLE * area for lv, area in zip(left, full)):
+                break
+        else:
+            return None
+        ys, xs = np.nonzero(mask)
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        placed.append((Shape(kind, colour, size_name, float(cx), float(cy), float(r), box), mask))
+        visible, full = left + [mask], full + [int(mask.sum())]
+    return placed
+
+
+def render_scenes(rng: np.random.Generator, size: int, shape_range: tuple[int, int]
+                  ) -> tuple[Image.Image, list[Shape], list[np.ndarray], list[int]]:
+    """The scenes preset's image: its shapes in drawing order, each shape's full mask, and the pixels of
+    each that stay visible once the later shapes are drawn."""
+    count = int(rng.integers(shape_range[0], shape_range[1] + 1))
+    canvas = scene_background(rng, size)
+    placed = place_scene(rng, size, count)
+    covered, areas = np.zeros((size, size), bool), [0] * len(placed)
+    for k in range(len(placed) - 1, -1, -1):
+        areas[k] = int((placed[k][1] & ~covered).sum())
+        covered |= placed[k][1]
+    for shape, mask in placed:
+        colour = np.array(COLOURS[shape.colour], np.float32) + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, 3)
+        canvas[mask] = colour
+    image = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), "RGB")
+    return image, [s for s, _ in placed], [m for _, m in placed], areas

@@ -4,7 +4,8 @@ text-only synonym view, and the data for the figures.
 The pointing game runs on three score maps of the same trained model, so a reader can tell the
 embeddings from the plan: the plan at the evaluation's own OT settings, the plan at one common setting
 shared by every run (so an ablation table compares like with like), and the cosine similarity of g_i
-with every patch (no transport at all).
+with every patch (no transport at all). The plan at the evaluation's own settings also gets the
+baselines, the mass shares and the headline (baselines.py), on the same per-word trials.
 """
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
+from pipeline.evaluation.baselines import MassShares, baseline_result, headline, word_result
+from pipeline.evaluation.bootstrap import RESAMPLES, ClusterBootstrap
+from pipeline.evaluation.grounding_file import GroundingFile, as_grounding
 from pipeline.evaluation.pointing import PointingGame
-from pipeline.evaluation.synonyms import WordTypeAverager, word_occurrences
+from pipeline.evaluation.synonyms import WordTypeAverager, held_out_types, word_occurrences
 from pipeline.losses import mean_pairwise_cosine, ot_alignment_loss
 from pipeline.modules import MLP
 from pipeline.training.engine import to_device
@@ -69,21 +73,28 @@ class FigureItem:
 @dataclass
 class AlignmentResult:
     collapse: float
-    pointing: dict = field(default_factory=dict)      # name -> PointingGame.result(), with its settings
+    pointing: dict = field(default_factory=dict)      # name -> PointingGame.result() with "word", settings, ot
     synonyms: dict = field(default_factory=dict)      # space -> precision@1
+    baselines: dict = field(default_factory=dict)     # on the plan's per-word trials (baselines.py)
+    mass: dict = field(default_factory=dict)          # where the plan's mass goes (baselines.MassShares)
+    headline: dict = field(default_factory=dict)      # per-word pointing of the plan and its margin over the object prior
     figures: list = field(default_factory=list)       # FigureItem, the first `figures` grounded captions
 
 
 @torch.no_grad()
-def alignment_pass(model, reader, device, *, grounding: dict | None, image_size: int, settings: dict,
+def alignment_pass(model, reader, device, *, grounding: GroundingFile | dict | None, image_size: int, settings: dict,
                    common: dict | None = None, batch_size: int = 64, figures: int = 0, synonyms: bool = False,
-                   control_seed: int = 0) -> AlignmentResult:
+                   control_seed: int = 0, bootstrap_seed: int = 0, resamples: int = RESAMPLES) -> AlignmentResult:
     """Score a split's local alignment. `settings` (and `common`, if given) come from `plan_settings`;
-    grounding maps caption id -> phrases (None: collapse only). synonyms: average the colour and shape word
-    vectors on h, on g and on an untrained MLP shaped like f_g (the control), for precision@1."""
-    games = {"plan": PointingGame(), "similarity": PointingGame()}
+    grounding: a GroundingFile or the parsed JSON of either form (None: collapse only). synonyms: average
+    the colour and shape word vectors on h, on g and on an untrained MLP shaped like f_g (the control), for
+    precision@1. The per-word intervals resample the split's images `resamples` times from bootstrap_seed
+    (0: no intervals)."""
+    grounding = as_grounding(grounding)
+    games = {"plan": PointingGame("plan"), "similarity": PointingGame("similarity")}
     if common is not None:
-        games["plan_common"] = PointingGame()
+        games["plan_common"] = PointingGame("plan_common")
+    mass = MassShares()
     words = WordTypeAverager() if synonyms else None
     control = None
     if synonyms:
@@ -122,11 +133,15 @@ def alignment_pass(model, reader, device, *, grounding: dict | None, image_size:
         for j, i in enumerate(rows):
             image_row = int(batch["image_index"][slot[i]])
             size = tuple(int(x) for x in reader.sizes[image_row])
+            phrases, shapes = grounding[ids[i]], grounding.shapes(ids[i])
             for name, scores in maps.items():
-                games[name].add_caption(scores[j], spans[i], content_np[i], grounding[ids[i]], size, reader.grid,
-                                        image_size)
+                games[name].add_caption(scores[j], spans[i], content_np[i], phrases, size, reader.grid, image_size,
+                                        image=image_row, shapes=shapes, caption_id=ids[i])
+            mass.add_caption(maps["plan"][j], spans[i], content_np[i], phrases, size, reader.grid, image_size,
+                             shapes=shapes, nonvisual=grounding.nonvisual_spans(ids[i]))
             if words is not None:
-                found = word_occurrences(spans[i], content_np[i], grounding[ids[i]])
+                found = word_occurrences(spans[i], content_np[i], phrases)
+                words.held_out.update(held_out_types(phrases))
                 for space, vectors in spaces.items():
                     words.add(space, vectors[i], found)
             if len(items) < figures:
@@ -134,28 +149,42 @@ def alignment_pass(model, reader, device, *, grounding: dict | None, image_size:
     result = AlignmentResult(collapse=collapse / max(batches, 1), figures=items)
     if grounding is not None:
         result.pointing = {name: game.result() for name, game in games.items()}
+        for name, game in games.items():
+            trials = game.word_trials()
+            # One set of image resamples per map, so its rates and margins are paired.
+            boot = ClusterBootstrap(trials.image, resamples, bootstrap_seed)
+            result.pointing[name]["word"] = word_result(trials, boot)
+            if name == "plan":
+                result.baselines = dict(baseline_result(trials, boot), map="plan")
+                result.headline = headline(trials, boot, "plan")
+        result.mass = dict(mass.result(), map="plan")
         for name, tally in tallies.items():
             result.pointing[name]["ot"] = tally.result()
         result.pointing["plan"]["settings"] = _shown(settings)
         if common is not None:
             result.pointing["plan_common"]["settings"] = _shown(common)
     if words is not None:
-        result.synonyms = {space: words.precision_at_1(space) for space in ("h", "g", "random_fg")}
+        result.synonyms = {space: dict(words.precision_at_1(space), held_out=words.precision_at_1(space, held_out=True))
+                           for space in ("h", "g", "random_fg")}
     return result
 
 
-def validation_pointing(grounding: dict, config: dict):
+def validation_pointing(grounding: GroundingFile | dict, config: dict):
     """The per-epoch hook of `fit`: pointing on the validation split with the run's own OT settings (plan
-    and similarity map, per token and per phrase), logged beside the losses so `dvc plots show` draws the
-    curves."""
+    and similarity map, per word, per token and per phrase), logged beside the losses so `dvc plots show`
+    draws the curves. No intervals: the curves are watched, not reported."""
     settings, image_size = plan_settings(config["train"]), int(config["extract"]["image_size"])
+    grounding = as_grounding(grounding)
 
     def measure(model, reader, device) -> dict:
         model.eval()
         result = alignment_pass(model, reader, device, grounding=grounding, image_size=image_size,
-                                settings=settings, batch_size=config["train"]["batch_size"])
-        return {f"pointing/{score}/{unit}": result.pointing[score][unit]["accuracy"]
-                for score in ("plan", "similarity") for unit in ("token", "phrase")}
+                                settings=settings, batch_size=config["train"]["batch_size"], resamples=0)
+        out = {f"pointing/{score}/{unit}": result.pointing[score][unit]["accuracy"]
+               for score in ("plan", "similarity") for unit in ("token", "phrase")}
+        out.update({f"pointing/{score}/word": result.pointing[score]["word"]["all"]["accuracy"]
+                    for score in ("plan", "similarity")})
+        return out
     return measure
 
 

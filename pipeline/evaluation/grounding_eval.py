@@ -14,18 +14,16 @@ from pipeline.encoders.preprocess import Preprocess
 from pipeline.errors import ConfigError
 from pipeline.evaluation.alignment import FigureItem, alignment_pass, plan_settings
 from pipeline.evaluation.figures import draw_alignment
+from pipeline.evaluation.grounding_file import load_grounding
 from pipeline.evaluation.metrics import check_finite_scores, matching_accuracy, retrieval, roc_auc
 from pipeline.evaluation.pointing import box_in_crop, word_trials
 from pipeline.evaluation.scoring import encode_split, matching_pairs, retrieval_ranks
-from pipeline.io.jsonio import read_json
 from pipeline.runtime import pick_device
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.reader import SplitReader
 
 
-def load_grounding(path: Path) -> dict:
-    """grounding.json (word spans and boxes); a missing or malformed file is the user's to fix."""
-    return read_json(path, ConfigError)
+__all__ = ["evaluate_run", "load_grounding", "write_figures"]   # load_grounding: `train --grounding` reads it here
 
 
 def evaluate_run(run_dir: Path, split_dir: Path, eval_cfg: dict, grounding_file: Path | None = None, *,
@@ -58,7 +56,8 @@ def evaluate_run(run_dir: Path, split_dir: Path, eval_cfg: dict, grounding_file:
     image_size = int(config["extract"]["image_size"])
     alignment = alignment_pass(model, reader, device, grounding=grounding, image_size=image_size, settings=settings,
                                common=common, batch_size=cfg["batch_size"], figures=figures,
-                               synonyms=grounding is not None, control_seed=eval_cfg["seed"])
+                               synonyms=grounding is not None, control_seed=eval_cfg["seed"],
+                               bootstrap_seed=eval_cfg["seed"])
 
     metrics = {"split": Path(split_dir).name, "captions": reader.num_captions, "images": reader.num_images,
                "matching": {"accuracy": matching_accuracy(logits, labels), "pairs": int(len(labels)),
@@ -66,8 +65,12 @@ def evaluate_run(run_dir: Path, split_dir: Path, eval_cfg: dict, grounding_file:
                "retrieval": retrieval(t2i, i2t, gold, reader.num_images),
                "collapse": {"mean_pairwise_cosine_g": alignment.collapse}}
     if grounding is not None:
+        metrics["headline"] = alignment.headline
         metrics["pointing"] = alignment.pointing
+        metrics["baselines"] = alignment.baselines
+        metrics["mass"] = alignment.mass
         metrics["synonyms"] = alignment.synonyms
+        metrics["grounding_format"] = grounding.format
     if alignment.figures:
         write_figures(alignment.figures, Path(figures_dir), captions_file, images_root, reader, image_size)
     return _finite_or_none(metrics)

@@ -9,6 +9,11 @@ the nearest other type by cosine is a synonym (same kind and same canonical clas
 has no other type present cannot hit, so it is no trial. Comparing spaces ("h", "g", a random
 projection) on the same occurrences shows what training added.
 
+Held-out words. The synthetic data marks some surface forms "held_out": true, forms that never appear in
+a training caption. The model cannot have learnt them from the images; only the text encoder's h
+relates them to their class, so precision@1 restricted to held-out types (each held-out type present: is
+its nearest other type, among all types, a synonym?) asks whether f_g carries that relation over.
+
 Ties are resolved against the space, as everywhere in evaluation (metrics.py): a non-synonym exactly as
 close as the best synonym is taken as the nearest. Means and cosines are float64.
 """
@@ -47,6 +52,12 @@ def word_occurrences(char_spans: np.ndarray, content_mask: np.ndarray,
     return out
 
 
+def held_out_types(phrases: list[dict]) -> set[str]:
+    """Types of the colour and shape words of one caption marked "held_out": true."""
+    return {word_type(w["text"]) for p in phrases for w in p.get("words", ())
+            if w.get("held_out") and w.get("kind") in KINDS}
+
+
 class WordTypeAverager:
     """Per-type sums of occurrence vectors, for several named vector spaces at once."""
 
@@ -54,6 +65,7 @@ class WordTypeAverager:
         self.labels: dict[str, tuple[str, str]] = {}          # type -> (kind, class), shared by all spaces
         self.sums: dict[str, dict[str, np.ndarray]] = {}      # space -> type -> float64 sum
         self.counts: dict[str, dict[str, int]] = {}           # space -> type -> occurrences
+        self.held_out: set[str] = set()                         # types never seen in training captions
 
     def add(self, space: str, vectors: np.ndarray, occurrences: list[tuple[str, str, str, np.ndarray]]) -> None:
         """vectors (n, d) of one caption's tokens in `space`; occurrences from `word_occurrences` of that
@@ -85,10 +97,11 @@ class WordTypeAverager:
             return [], np.zeros((0, 0))
         return types, np.stack([self.sums[space][t] / self.counts[space][t] for t in types])
 
-    def precision_at_1(self, space: str, neighbours: bool = False) -> dict:
+    def precision_at_1(self, space: str, neighbours: bool = False, held_out: bool = False) -> dict:
         """{"precision_at_1": hits / trials (NaN without trials), "trials", "types"} for `space`; with
         neighbours=True also "nearest": {type: nearest other type} over all types (ties resolved
-        against the space: a non-synonym wins a tie)."""
+        against the space: a non-synonym wins a tie). held_out=True: trials only for the held-out types
+        ("types" then counts the held-out types present); their neighbours are still sought among all types."""
         types, means = self.means(space)
         norms = np.linalg.norm(means, axis=1, keepdims=True) if len(types) else np.zeros((0, 1))
         unit = np.divide(means, norms, out=np.zeros_like(means), where=norms > 0)   # a zero vector: cosine 0
@@ -103,11 +116,12 @@ class WordTypeAverager:
             # Highest cosine first; among equals, a non-synonym (False sorts first) comes first.
             j = min(others, key=lambda k: (-cos[i, k], synonym[k], k))
             nearest[t] = types[j]
-            if any(synonym.values()):
+            if any(synonym.values()) and (not held_out or t in self.held_out):
                 trials += 1
                 hits += synonym[j]
+        counted = sum(t in self.held_out for t in types) if held_out else len(types)
         result = {"precision_at_1": hits / trials if trials else float("nan"), "trials": trials,
-                  "types": len(types)}
+                  "types": counted}
         if neighbours:
             result["nearest"] = nearest
         return result

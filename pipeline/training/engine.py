@@ -18,6 +18,8 @@ from tqdm import tqdm
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses import (matching_bce, mean_pairwise_cosine, ot_alignment_loss, ot_hinge, pick_negatives,
                              token_contrastive)
+from pipeline.local_score import local_contrastive
+from pipeline.runtime import torch_threads
 from pipeline.training.schedule import learning_rate, set_learning_rate
 from pipeline.transport import ConvergenceTally, TransportInputError
 
@@ -67,12 +69,13 @@ def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, am
         # With the hinge on, each caption is also aligned with its first negative image; both sets of
         # problems go to the solver as one batch.
         neg_rows = rows[mask[rows, 0]] if cfg["ot_hinge_weight"] > 0 else rows[:0]
-        per_pair, _, errors = ot_alignment_loss(
-            torch.cat([g[rows], g[neg_rows]]), torch.cat([v[slot[rows]], v[idx[neg_rows, 0]]]),
-            torch.cat([content[rows], content[neg_rows]]),
-            torch.ones(len(rows) + len(neg_rows), v.shape[1], dtype=torch.bool, device=v.device),
-            mass=cfg["mass"], epsilon=cfg["epsilon"], solver=cfg["ot_solver"], max_iter=cfg["ot_max_iter"],
-            tol=cfg["ot_tol"], patch_capacity=cfg["patch_capacity"], return_errors=True)
+        with torch_threads(cfg.get("ot_num_threads", 0)):
+            per_pair, _, errors = ot_alignment_loss(
+                torch.cat([g[rows], g[neg_rows]]), torch.cat([v[slot[rows]], v[idx[neg_rows, 0]]]),
+                torch.cat([content[rows], content[neg_rows]]),
+                torch.ones(len(rows) + len(neg_rows), v.shape[1], dtype=torch.bool, device=v.device),
+                mass=cfg["mass"], epsilon=cfg["epsilon"], solver=cfg["ot_solver"], max_iter=cfg["ot_max_iter"],
+                tol=cfg["ot_tol"], patch_capacity=cfg["patch_capacity"], return_errors=True)
         if ot_tally is not None:
             ot_tally.add(errors)
         matched = per_pair[: len(rows)]
@@ -82,7 +85,7 @@ def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, am
             out["ot_hinge"] = ot_hinge(matched[mask[rows, 0]], per_pair[len(rows):], cfg["ot_hinge_margin"])
             out["loss"] = out["loss"] + cfg["lambda_ot"] * cfg["ot_hinge_weight"] * out["ot_hinge"]
     if cfg["local_contrastive_weight"] > 0 and len(rows) and vbar.shape[0] > 1:
-        out["local"] = token_contrastive(g[rows], v, content[rows], slot[rows], cfg["local_contrastive_temperature"])
+        out["local"] = local_contrastive(g[rows], v, content[rows], slot[rows], cfg, ot_tally=ot_tally)
         out["loss"] = out["loss"] + cfg["local_contrastive_weight"] * out["local"]
     return out
 

@@ -81,6 +81,14 @@ def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.AdamW:
                               {"params": rest, "weight_decay": 0.0}], lr=cfg["lr"])
 
 
+def pointing_due(epoch: int, cfg: dict, stopped_early: bool) -> bool:
+    """Whether epoch `epoch` (counted from 1) runs the validation pointing pass: every
+    train.val_pointing_every epochs and always the run's last, so a curve ends where the run did. It is only
+    logged (early stopping reads the loss), so skipping it changes nothing else."""
+    every = cfg["val_pointing_every"]
+    return epoch % every == 0 or epoch >= cfg["epochs"] or stopped_early
+
+
 def fit(config: dict, cache_root: Path, out_dir: Path, resume: bool = True, log=print, epoch_metrics=None) -> dict:
     """Train on cache_root/train with early stopping on cache_root/val; return a summary dict.
     epoch_metrics(model, val_reader, device) -> {name: value}, if given, runs after each epoch's validation
@@ -101,6 +109,7 @@ def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log, epoch
     device = pick_device(cfg["device"])
     readers = open_splits(cache_root, config)
     train_reader, val_reader = readers["train"], readers["val"]
+    train_reader.keep_images(cfg["train_images"])   # before any plan: steps_per_epoch counts the subset
     cache_id = identity(train_reader.fingerprint)
     d_t, d_v = train_reader.dims()
 
@@ -126,7 +135,7 @@ def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log, epoch
         for name in (ckpt.LAST, ckpt.BEST):
             (ckpt.checkpoint_dir(out_dir) / name).unlink(missing_ok=True)
     save_resolved(config, out_dir)
-    log(f"train: {train_reader.num_captions} captions / {train_reader.num_images} images "
+    log(f"train: {train_reader.used_captions} captions / {train_reader.used_images} images "
         f"({'in memory' if train_reader.in_memory else 'streaming'}, {train_reader.nbytes / 2**20:.1f} MiB); "
         f"val: {val_reader.num_captions} captions; device {device}")
 
@@ -141,19 +150,19 @@ def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log, epoch
             loader = epoch_loader(train_reader, cfg["batch_size"], seed=[cfg["seed"], state["epoch"]],
                                   num_workers=cfg["num_workers"])
             train_stats = train_one_epoch(model, loader, optimizer, cfg, device, state, generator, live,
-                                          total_captions=train_reader.num_captions,
+                                          total_captions=train_reader.used_captions,
                                           class_token=train_reader.class_token, caption_ids=train_reader.caption_ids)
             val_stats = evaluate_loss(model, epoch_loader(val_reader, cfg["batch_size"], seed=None), cfg, device,
                                       seed=cfg["seed"], class_token=val_reader.class_token)
             if not math.isfinite(val_stats["loss"]):
                 raise TrainingError(f"epoch {state['epoch'] + 1}: the validation loss is not finite ({val_stats}); "
                                     f"training stopped. The last good checkpoint is kept at {state['last_checkpoint']}.")
-            if epoch_metrics is not None:
-                val_stats.update(epoch_metrics(model, val_reader, device))
             state["epoch"] += 1
             improved = val_stats["loss"] < best_val
             best_val, bad_epochs = (val_stats["loss"], 0) if improved else (best_val, bad_epochs + 1)
             stopped_early = bad_epochs >= cfg["patience"]
+            if epoch_metrics is not None and pointing_due(state["epoch"], cfg, stopped_early):
+                val_stats.update(epoch_metrics(model, val_reader, device))
             for k, v in train_stats.items():
                 # Wall-clock rates go to the log line below, not to dvclive: they differ on every run, and in
                 # dvclive they would change dvc.lock's hash of runs/default/dvclive after a reproduction that

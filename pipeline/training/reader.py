@@ -15,6 +15,7 @@ h5py handles do not survive fork, so files are opened on first use in each proce
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import threading
@@ -27,12 +28,23 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.cache.format import (_read_shard, check_shards_agree, decode_ids, open_manifest, prefix_has_class_token,
                                    shard_files)
-from pipeline.errors import CacheError
+from pipeline.errors import CacheError, ConfigError
 from pipeline.finite_features import check_image_rows, check_text_states
 
 TEXT_META = ("offsets", "caption_ids", "image_ids")
 IMAGE_BLOCK_BYTES = 256 << 20   # the most a streamed text shard's images are read at once (per worker)
 TEXT_DATA = ("states", "offsets", "token_ids", "char_spans")
+# The salt of the training-image subsets (train.train_images): a constant, not train.seed, so that runs with
+# different seeds train on the same images and a data-size curve varies the data alone.
+SUBSET_SALT = b"groundedbert-train-images-v1"
+
+
+def image_subset(image_ids: list[str], n: int) -> np.ndarray:
+    """Rows of the n images kept, sorted: the n smallest salted hashes of their ids. Nested (the first 200 are
+    among the first 400) and a function of the ids alone, so the same image is kept whatever the split's order
+    or the other images in it."""
+    keys = [hashlib.blake2b(str(i).encode(), digest_size=8, key=SUBSET_SALT).digest() for i in image_ids]
+    return np.sort(np.array(sorted(range(len(image_ids)), key=keys.__getitem__)[:n], dtype=np.int64))
 
 
 class SplitReader:
@@ -67,6 +79,7 @@ class SplitReader:
             raise CacheError(f"file {self.split_dir}: caption {missing[0]} names an image that is not in the "
                              f"cache ({len(missing)} such captions)")
         self.caption_image = np.array([rows[i] for i in self.caption_image_ids], dtype=np.int64)
+        self.caption_keep = None   # keep_images: the captions epoch plans draw from (None: all)
         self._handles: dict = {}
         self._pid = None
         self._block = None   # streaming: (first row, end row, patches, prefix) of the current text shard's images
@@ -235,6 +248,28 @@ class SplitReader:
     def num_images(self) -> int:
         return len(self.image_ids)
 
+    def keep_images(self, n: int | None, key: str = "train.train_images") -> None:
+        """Plan epochs over the captions of n of the split's images only (`image_subset`); None: all of them.
+        Features stay indexed as in the split: only `plan` changes."""
+        if n is None:
+            self.caption_keep = None
+            return
+        captioned = np.unique(self.caption_image)   # an image without captions would add nothing to train on
+        if n > len(captioned):
+            raise ConfigError(f"{key}={n} is more than the {len(captioned)} images of the split {self.split_dir}")
+        keep = np.zeros(self.num_images, dtype=bool)
+        keep[captioned[image_subset([self.image_ids[r] for r in captioned], n)]] = True
+        self.caption_keep = keep[self.caption_image]
+
+    @property
+    def used_captions(self) -> int:
+        """The captions an epoch plan holds (all of them unless `keep_images` kept fewer)."""
+        return self.num_captions if self.caption_keep is None else int(self.caption_keep.sum())
+
+    @property
+    def used_images(self) -> int:
+        return self.num_images if self.caption_keep is None else len(np.unique(self.caption_image[self.caption_keep]))
+
     def dims(self) -> tuple[int, int]:
         """(d_t, d_v) of the cached features."""
         if self.in_memory:
@@ -244,16 +279,17 @@ class SplitReader:
 
     def plan(self, batch_size: int, seed: int | None) -> list[np.ndarray]:
         """Caption indices of each batch of an epoch: shards in a random order, captions shuffled within
-        each shard (seed None: the stored order, for evaluation). A batch never spans two text shards,
-        so streaming reads each shard once per epoch. The shards are the files' in both modes, so a
-        split in memory and the same split streamed give the same batches."""
+        each shard (seed None: the stored order, for evaluation), only those `keep_images` kept. A batch
+        never spans two text shards, so streaming reads each shard once per epoch. The shards are the files'
+        in both modes, so a split in memory and the same split streamed give the same batches."""
         rng = np.random.default_rng(seed) if seed is not None else None
         shards = np.arange(len(self.text_files))
         if rng is not None:
             shards = rng.permutation(shards)
         batches = []
         for s in shards:
-            idx = np.flatnonzero(self.caption_file_shard == s)
+            in_shard = self.caption_file_shard == s
+            idx = np.flatnonzero(in_shard if self.caption_keep is None else in_shard & self.caption_keep)
             if rng is not None:
                 idx = rng.permutation(idx)
             batches += [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]

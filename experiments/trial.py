@@ -1,0 +1,253 @@
+"""The partial-alignment trial: every row of the grid, queued as `dvc exp` runs on the one cache, and its table.
+
+    python experiments/trial.py queue grid            # the 19 rows x seeds of the grid (local score x s x kappa, ...)
+    python experiments/trial.py queue curves          # d_g and data size, around the chosen default
+    dvc queue start --jobs 2 && dvc queue status      # until every experiment is Success
+    python experiments/trial.py table                 # reads `dvc exp show --json`; --json FILE keeps the values
+    python experiments/trial.py curves --default ROW  # docs/figures/curve_*.{csv,png} (`dvc plots show` draws the csv)
+
+The protocol (docs/method.md, "The trial"): every row trains with seeds 0..SEEDS-1 on the same cache and is
+scored by the same two `evaluate` stages, on validation (runs/default/metrics_val.json) and on test
+(runs/default/metrics.json). Rows are chosen and compared on validation; test is read once per row, for the
+table. Intervals over seeds are 95 % Student t intervals of the mean; the per-run 95 % bootstrap intervals over
+test images are in each run's metrics.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+
+SEEDS = 3
+TEST, VAL = "runs/default/metrics.json", "runs/default/metrics_val.json"
+
+# Row name -> the `-S key=value` overrides that make it; everything else is params.yaml.
+# maxsim / partial_ot: the local (token-wise contrastive) score; s: train.mass; k: train.patch_capacity.
+# The balanced-OT rows are s = 1, kappa = 1: every token and every patch must send or take all its mass.
+GRID: dict[str, list[str]] = {}
+for score, tag in (("maxsim", "ms"), ("partial_ot", "pot")):
+    for s in ("0.25", "0.5", "0.75", "1.0"):
+        for k in ("1.0", "16.0"):
+            GRID[f"{tag}-s{s}-k{int(float(k))}"] = [f"train.local_score={score}", f"train.mass={s}",
+                                                  f"train.patch_capacity={k}"]
+GRID.update({
+    "lambda0": ["train.lambda_ot=0"],                                        # no OT loss; the local term stays
+    # The paper summary's objective (docs/method.md): matching + lambda * partial OT at s = 0.5 with uniform
+    # marginals, lambda = 1, and nothing of ours (no hinge, no token-wise term).
+    "paper-objective": ["train.lambda_ot=1.0", "train.mass=0.5", "train.patch_capacity=1.0",
+                        "train.ot_hinge_weight=0", "train.local_contrastive_weight=0"],
+    "matching-only": ["train.lambda_ot=0", "train.local_contrastive_weight=0"],
+})
+# The seed summary's two curves, on the default params.yaml holds (which the grid chose): d_g and data size.
+# The default's own row of the grid is the d_g = 128 and the all-images point of each curve.
+CURVES: dict[str, list[str]] = {
+    "dg64": ["train.d_g=64"], "dg256": ["train.d_g=256"],
+    "n200": ["train.train_images=200"], "n400": ["train.train_images=400"],
+}
+
+# (column, metrics path). The headline is per-word pointing of the plan at the evaluation's OT setting
+# (evaluate.mass, evaluate.epsilon, evaluate.patch_capacity), chosen on validation and the same for every row.
+HEAD = ("pointing", "plan", "word")
+COLUMNS = [
+    ("val: word, multi-shape", VAL, HEAD + ("multi_shape", "accuracy")),
+    ("test: word, all", TEST, HEAD + ("all", "accuracy")),
+    ("test: word, multi-shape", TEST, HEAD + ("multi_shape", "accuracy")),
+    ("margin over object prior", TEST, ("headline", "margin_over_object_prior_all")),
+    ("any-word map", TEST, ("baselines", "any_word", "all", "accuracy")),
+    ("mass on named / unnamed / background", TEST, None),
+    ("t→i R@1", TEST, ("retrieval", "t2i", "R@1")),
+    ("held-out synonyms P@1: g / h / untrained", TEST, None),
+]
+MASS = ("mass",)
+
+
+def experiments(shown: list) -> dict[str, list[dict]]:
+    """{row: [{TEST: metrics, VAL: metrics} per finished seed]} from `dvc exp show --json`."""
+    rows = defaultdict(list)
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            if (exp.get("executor") or {}).get("state", "success") != "success":
+                continue   # a queued or running experiment shows its baseline's metrics until it finishes
+            for rev in exp.get("revs", []):
+                name = rev.get("name") or exp.get("name") or ""
+                match = re.fullmatch(r"(.+)-s(\d+)", name)
+                metrics = (rev.get("data") or {}).get("metrics", {})
+                files = {path: (metrics.get(path) or {}).get("data") for path in (TEST, VAL)}
+                if match and all(files.values()):
+                    rows[match.group(1)].append(files)
+    return rows
+
+
+def dig(d, path):
+    for key in path:
+        if d is None:
+            return None
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % Student t interval (0 for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    quantile = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}.get(len(values), 1.96)
+    return mean, quantile * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def cell(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    mean, half = t_interval(values)
+    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+
+
+def mean_of(runs: list[dict], path: tuple) -> str:
+    values = [v for v in (dig(r[TEST], path) for r in runs) if v is not None]
+    return f"{statistics.fmean(values):.2f}" if values else "—"
+
+
+def row_cells(runs: list[dict]) -> list[str]:
+    cells = []
+    for header, source, path in COLUMNS:
+        if header.startswith("mass"):
+            cells.append(" / ".join(mean_of(runs, MASS + (part,)) for part in ("named", "unnamed", "background")))
+        elif header.startswith("held-out"):
+            cells.append(" / ".join(mean_of(runs, ("synonyms", space, "held_out", "precision_at_1"))
+                                    for space in ("g", "h", "random_fg")))
+        else:
+            cells.append(cell([dig(r[source], path) for r in runs]))
+    return cells
+
+
+def ranked(rows: dict[str, list[dict]]) -> list[str]:
+    """Rows by the validation headline (multi-shape per-word pointing), best first."""
+    def key(name):
+        values = [dig(r[VAL], HEAD + ("multi_shape", "accuracy")) for r in rows[name]]
+        values = [v for v in values if v is not None]
+        return -statistics.fmean(values) if values else math.inf
+    return sorted(rows, key=key)
+
+
+def table(rows: dict[str, list[dict]]) -> str:
+    lines = ["| row (by validation) | seeds | " + " | ".join(h for h, _, _ in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
+    for name in ranked(rows):
+        lines.append(f"| `{name}` | {len(rows[name])} | " + " | ".join(row_cells(rows[name])) + " |")
+    first = next(iter(rows.values()))[0][TEST]
+    prior = dig(first, ("baselines", "object_prior", "all", "accuracy"))
+    largest = dig(first, ("baselines", "largest_shape", "all", "accuracy"))
+    chance = dig(first, HEAD + ("all", "chance"))
+    trials = dig(first, HEAD + ("all", "trials"))
+    lines += ["", f"Test split, {trials} word trials: uniform chance {chance:.3f}, object prior {prior:.3f}, "
+                  f"largest-shape prior {largest:.3f} (the same for every row: they ignore the model)."]
+    return "\n".join(lines)
+
+
+# Curve name -> (x label, {x: row}); the default's own row of the grid gives the d_g = 128 and all-images points.
+CURVE_POINTS = {"dg": ("d_g", {64: "dg64", 128: None, 256: "dg256"}),
+                "data": ("training images", {200: "n200", 400: "n400", 800: None})}
+
+
+def curves(rows: dict[str, list[dict]], default: str, out_dir: str) -> list[str]:
+    """One CSV (x, seed, validation and test headline) and one PNG (mean and seed interval) per curve."""
+    from pathlib import Path
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for curve, (label, points) in CURVE_POINTS.items():
+        lines, series = ["x,seed,val_word_multi,test_word_multi,test_object_prior"], {}
+        for x, row in points.items():
+            for seed, run in enumerate(rows.get(row or default, [])):
+                values = (dig(run[VAL], HEAD + ("multi_shape", "accuracy")),
+                          dig(run[TEST], HEAD + ("multi_shape", "accuracy")),
+                          dig(run[TEST], ("headline", "object_prior_multi")))
+                lines.append(f"{x},{seed}," + ",".join(f"{v:.6f}" for v in values))
+                series.setdefault(x, []).append(values)
+        (out / f"curve_{curve}.csv").write_text("\n".join(lines) + "\n")
+        figure = Figure(figsize=(4.2, 3.0), dpi=120)
+        FigureCanvasAgg(figure)
+        ax = figure.add_subplot()
+        xs = sorted(series)
+        for k, name in ((0, "validation"), (1, "test")):
+            stats = [t_interval([v[k] for v in series[x]]) for x in xs]
+            ax.errorbar(xs, [m for m, _ in stats], yerr=[0 if math.isnan(h) else h for _, h in stats], marker="o",
+                        capsize=3, label=f"{name}: per-word pointing, multi-shape")
+        ax.plot(xs, [statistics.fmean(v[2] for v in series[x]) for x in xs], "k--", label="object prior (test)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel(label)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=6, loc="lower right")
+        figure.tight_layout()
+        figure.savefig(out / f"curve_{curve}.png")
+        written += [str(out / f"curve_{curve}.csv"), str(out / f"curve_{curve}.png")]
+    return written
+
+
+def queue(rows: dict[str, list[str]], seeds: int) -> None:
+    for name, overrides in rows.items():
+        for seed in range(seeds):
+            command = ["dvc", "exp", "run", "--queue", "evaluate", "evaluate_val", "-n", f"{name}-s{seed}",
+                       "-S", f"train.seed={seed}"]
+            for override in overrides:
+                command += ["-S", override]
+            subprocess.run(command, check=True)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("queue", help="queue a part of the trial as dvc experiments")
+    q.add_argument("part", choices=("grid", "curves"))
+    q.add_argument("--seeds", type=int, default=SEEDS)
+    q.add_argument("--rows", nargs="*", help="only these rows")
+    t = sub.add_parser("table", help="print the table from `dvc exp show --json` (- reads it from stdin)")
+    t.add_argument("source", nargs="?", default=None)
+    t.add_argument("--json", dest="json_out", help="also write every row's per-seed values to this file")
+    c = sub.add_parser("curves", help="write the d_g and data-size curves from `dvc exp show --json`")
+    c.add_argument("source", nargs="?", default=None)
+    c.add_argument("--default", required=True, help="the grid row params.yaml's default is (its points at 128 / all)")
+    c.add_argument("--out", default="docs/figures")
+    args = parser.parse_args(argv)
+    if args.command == "queue":
+        rows = GRID if args.part == "grid" else CURVES
+        if args.rows:
+            unknown = sorted(set(args.rows) - set(rows))
+            if unknown:
+                parser.error(f"unknown rows {unknown}; the {args.part} has {sorted(rows)}")
+            rows = {name: rows[name] for name in args.rows}
+        queue(rows, args.seeds)
+        return
+    if args.source is not None and args.source != "-":
+        with open(args.source) as f:
+            shown = json.load(f)
+    elif args.source == "-":
+        shown = json.load(sys.stdin)
+    else:
+        shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True,
+                                          text=True).stdout)
+    rows = experiments(shown)
+    if not rows:
+        sys.exit("no finished experiments named ROW-sSEED with both metrics files; run `trial.py queue` first")
+    if args.command == "curves":
+        print("\n".join(curves(rows, args.default, args.out)))
+        return
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(rows, f, indent=1, sort_keys=True)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,81 @@
+"""experiments/trial.py: rows from `dvc exp show --json`, ranked on validation, intervals over seeds, curves."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_trial():
+    spec = importlib.util.spec_from_file_location("trial", ROOT / "experiments" / "trial.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def metrics(word: float, prior: float = 0.25) -> dict:
+    part = {"accuracy": word, "chance": 0.07, "trials": 100}
+    return {"pointing": {"plan": {"word": {"all": part, "multi_shape": part}}},
+            "headline": {"margin_over_object_prior_all": word - prior, "object_prior_multi": prior},
+            "baselines": {"object_prior": {"all": {"accuracy": prior}}, "largest_shape": {"all": {"accuracy": 0.2}},
+                          "any_word": {"all": {"accuracy": 0.5}}},
+            "mass": {"named": 0.7, "unnamed": 0.1, "background": 0.2},
+            "retrieval": {"t2i": {"R@1": 0.1}},
+            "synonyms": {s: {"held_out": {"precision_at_1": 0.5}} for s in ("g", "h", "random_fg")}}
+
+
+def shown(rows: dict[str, list[tuple[float, float]]], state: str = "success") -> list:
+    trial = load_trial()
+    exps = []
+    for name, seeds in rows.items():
+        for seed, (val, test) in enumerate(seeds):
+            data = {trial.VAL: {"data": metrics(val)}, trial.TEST: {"data": metrics(test)}}
+            exps.append({"executor": {"state": state}, "revs": [{"name": f"{name}-s{seed}",
+                                                                  "data": {"metrics": data}}]})
+    return [{"experiments": exps}]
+
+
+def test_rows_are_ranked_on_validation_not_on_test():
+    trial = load_trial()
+    # `a` is better on test, `b` on validation: the table must follow validation.
+    rows = trial.experiments(shown({"a": [(0.5, 0.9)] * 3, "b": [(0.6, 0.1)] * 3}))
+    assert trial.ranked(rows) == ["b", "a"]
+    text = trial.table(rows)
+    assert text.index("`b`") < text.index("`a`")
+
+
+def test_seed_interval_is_a_student_t_interval():
+    trial = load_trial()
+    mean, half = trial.t_interval([0.5, 0.6, 0.7])
+    assert mean == pytest.approx(0.6)
+    assert half == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert math.isnan(trial.t_interval([0.4])[1])
+
+
+def test_unfinished_experiments_are_left_out():
+    trial = load_trial()
+    assert trial.experiments(shown({"a": [(0.5, 0.5)]}, state="running")) == {}
+
+
+def test_curves_write_one_csv_row_per_seed_and_point(tmp_path):
+    trial = load_trial()
+    rows = trial.experiments(shown({"default": [(0.6, 0.6)] * 3, "dg64": [(0.5, 0.5)] * 3,
+                                    "dg256": [(0.7, 0.7)] * 3, "n200": [(0.3, 0.3)] * 3,
+                                    "n400": [(0.4, 0.4)] * 3}))
+    written = trial.curves(rows, "default", str(tmp_path))
+    lines = (tmp_path / "curve_data.csv").read_text().splitlines()
+    assert lines[0].startswith("x,seed,")
+    assert len(lines) == 1 + 3 * 3
+    assert [line.split(",")[0] for line in lines[1:]] == ["200"] * 3 + ["400"] * 3 + ["800"] * 3
+    assert all(Path(p).stat().st_size > 0 for p in written)
+
+
+def test_the_grid_has_every_cell_and_the_balanced_row():
+    trial = load_trial()
+    cells = [name for name in trial.GRID if name.startswith(("ms-", "pot-"))]
+    assert len(cells) == 2 * 4 * 2
+    assert trial.GRID["ms-s1.0-k1"] == ["train.local_score=maxsim", "train.mass=1.0", "train.patch_capacity=1.0"]
+    assert {"lambda0", "paper-objective", "matching-only"} <= set(trial.GRID)
