@@ -67,7 +67,7 @@ def sample_run(root: Path, n: int) -> dict:
 def probe_child(train_dir: Path, dev_dir: Path, epochs: int) -> None:
     from pipeline.config import resolve
     from pipeline.downstream.glue import TASKS
-    from pipeline.downstream.heads import TokenFeatures, pool
+    from pipeline.grounded.vectors import TokenFeatures, pool
     from pipeline.downstream.probe import in_bank_order, open_bank, probe_glue
     from pipeline.modules import MLP
 
@@ -102,9 +102,9 @@ def probe_child(train_dir: Path, dev_dir: Path, epochs: int) -> None:
 
 
 def _shard_ids(path: Path) -> list[str]:
-    from pipeline.cache.format import _read_shard, decode_ids
+    from pipeline.cache.format import decode_ids, read_shard
 
-    return decode_ids(_read_shard(path, ("caption_ids",))["caption_ids"])
+    return decode_ids(read_shard(path, ("caption_ids",))["caption_ids"])
 
 
 def main() -> None:

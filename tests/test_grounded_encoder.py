@@ -15,11 +15,11 @@ from transformers import AutoModel
 from pipeline.config import resolve
 from pipeline.downstream.features import glue_items, tokenize_pairs
 from pipeline.downstream.glue import GlueExample
-from pipeline.downstream.heads import TokenFeatures, pool
 from pipeline.downstream.tasks import cached_bank
 from pipeline.encoders.tiny import make_tiny_text_model
 from pipeline.grounded import GroundedEncoder
 from pipeline.grounded.export import export_run
+from pipeline.grounded.vectors import TokenFeatures, pool
 from pipeline.modules import GroundingModel
 from pipeline.training.checkpoint import BEST, checkpoint_dir, save
 from stages import downstream

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from pipeline.downstream.engine import batches, fit, threads
-from pipeline.downstream.features import PairInputs
 from pipeline.downstream.glue import TaskSpec
-from pipeline.downstream.heads import PooledHead, SpanHead, TokenFeatures, masked_pool
+from pipeline.downstream.heads import PooledHead, SpanHead
 from pipeline.downstream.metrics import glue_scores, squad_scores
 from pipeline.downstream.squad_postprocess import predict_answers
+from pipeline.grounded.vectors import PairInputs, TokenFeatures, masked_pool
 from pipeline.runtime import autocast, seed_everything
 
 

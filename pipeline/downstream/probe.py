@@ -14,18 +14,18 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.cache.format import _read_shard, decode_ids, open_manifest, shard_files
+from pipeline.cache.format import dataset_layout, decode_ids, open_manifest, read_shard, shard_files
 from pipeline.downstream.engine import batches, fit, shuffled_batches, threads
 from pipeline.downstream.glue import TaskSpec
-from pipeline.downstream.heads import PooledHead, SpanHead, TokenFeatures, pool
+from pipeline.downstream.heads import PooledHead, SpanHead
 from pipeline.downstream.metrics import glue_scores, squad_scores
 from pipeline.downstream.squad_postprocess import predict_answers
 from pipeline.errors import CacheError
+from pipeline.grounded.vectors import TokenFeatures, pool
 from pipeline.runtime import seed_everything
 
 
@@ -105,7 +105,7 @@ class ShardedBank(TokenBank):
         where = {}
         offsets_of, self.files, self.fn, self._current = [], list(files), fn, (None, None)
         for s, path in enumerate(self.files):
-            meta = _read_shard(path, ("offsets", "caption_ids"))
+            meta = read_shard(path, ("offsets", "caption_ids"))
             offsets_of.append(meta["offsets"])
             where.update((cid, (s, j)) for j, cid in enumerate(decode_ids(meta["caption_ids"])))
         missing = [i for i in item_ids if i not in where]
@@ -118,11 +118,11 @@ class ShardedBank(TokenBank):
                            dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)   # bank order, for lengths()
         self._shard_offsets = offsets_of
-        with h5py.File(self.files[0], "r") as f:
-            self._dim = int(f["states"].shape[1])
-            # The stored dtype: held in memory as stored, so a float32 cache is not rounded to float16 there
-            # while the streamed path reads it whole (both then compute in float32).
-            self.stored_dtype = torch.from_numpy(np.empty(0, dtype=f["states"].dtype)).dtype
+        shape, dtype = dataset_layout(self.files[0], "states")
+        self._dim = int(shape[1])
+        # The stored dtype: held in memory as stored, so a float32 cache is not rounded to float16 there
+        # while the streamed path reads it whole (both then compute in float32).
+        self.stored_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
         self.flat = None
 
     @property
@@ -136,7 +136,7 @@ class ShardedBank(TokenBank):
         if self._current[0] == s:
             return self._current[1]
         members = np.flatnonzero(self.item_shard == s)
-        data = _read_shard(self.files[s], ("states",))["states"]
+        data = read_shard(self.files[s], ("states",))["states"]
         off = self._shard_offsets[s]
         local = self.item_local[members]
         lengths = off[local + 1] - off[local]

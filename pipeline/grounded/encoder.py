@@ -19,14 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.downstream.features import tokenize_texts
-from pipeline.downstream.heads import POOLINGS, TokenFeatures, masked_pool
-from pipeline.encoders.text import TextEncoder, Tokens, load_text_encoder
+from pipeline.encoders.text import TextEncoder, Tokens, length_batches, load_text_encoder
 from pipeline.errors import ConfigError, ExportError
-from pipeline.extraction.plan import TextItem
-from pipeline.extraction.text_runner import length_batches
 from pipeline.runtime import pick_device
 from pipeline.training.checkpoint import BEST, build_model, checkpoint_dir, load
+from pipeline.grounded.vectors import POOLINGS, TokenFeatures, masked_pool, tokenize_texts
 
 
 @dataclass
@@ -128,13 +125,13 @@ class GroundedEncoder:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         tok = tokenize_texts(texts, list(text_pairs) if text_pairs is not None else None, self.text.tokenizer,
                              self.text.max_length)
-        items = [TextItem(str(k), "", Tokens(ids, spans, cut, type_ids=types))
-                 for k, (ids, spans, cut, types) in enumerate(zip(tok.ids, tok.spans, tok.truncated, tok.type_ids))]
+        items = [Tokens(ids, spans, cut, type_ids=types)
+                 for ids, spans, cut, types in zip(tok.ids, tok.spans, tok.truncated, tok.type_ids)]
         n, width = len(items), max((len(i) for i in tok.ids), default=0)
         t = torch.zeros(n, width, self.dim, device=self.device)
         mask = torch.zeros(n, width, dtype=torch.bool, device=self.device)
-        for batch in length_batches(items, batch_size):
-            states = self.text.encode([items[i].tokens for i in batch])
+        for batch in length_batches([len(i) for i in tok.ids], batch_size):
+            states = self.text.encode([items[i] for i in batch])
             lengths = torch.tensor([len(s) for s in states])
             rows = torch.repeat_interleave(torch.tensor(batch), lengths).to(self.device)
             pos = torch.cat([torch.arange(k) for k in lengths.tolist()]).to(self.device)
