@@ -68,7 +68,7 @@ def probe_child(train_dir: Path, dev_dir: Path, epochs: int) -> None:
     from pipeline.config import resolve
     from pipeline.downstream.glue import TASKS
     from pipeline.grounded.vectors import TokenFeatures, pool
-    from pipeline.downstream.probe import in_bank_order, open_bank, probe_glue
+    from pipeline.downstream.probe import POOLED_BATCH, in_bank_order, open_bank, probe_glue
     from pipeline.modules import MLP
 
     config = resolve(None, [])
@@ -90,7 +90,7 @@ def probe_child(train_dir: Path, dev_dir: Path, epochs: int) -> None:
             return pool(feats(rows), segments, first, len(idx), cfg["pooling"])
 
         with torch.no_grad():       # the pass probe_glue makes first: pooled [h; f_g(h)] of every pair
-            in_bank_order(bank, 4096, pooled_of)
+            in_bank_order(bank, POOLED_BATCH, pooled_of)
         pooled = time.perf_counter() - t
         t = time.perf_counter()
         scores = probe_glue(TASKS["mnli"], (bank, y), {"dev": (dev, y_dev)}, f_g, cfg=cfg, seed=0)
