@@ -34,7 +34,8 @@ from pipeline.data import load_rgb, load_split, resolve_image  # noqa: E402
 from pipeline.encoders import load_image_encoder, load_text_encoder  # noqa: E402
 from pipeline import losses  # noqa: E402
 from pipeline.modules import GroundingModel  # noqa: E402
-from pipeline.training.engine import forward_losses, to_device  # noqa: E402
+from pipeline.runtime import to_device  # noqa: E402
+from pipeline.training.engine import forward_losses  # noqa: E402
 from pipeline.training.fit import make_optimizer  # noqa: E402
 from pipeline.training.reader import SplitReader, epoch_loader  # noqa: E402
 

@@ -74,8 +74,8 @@ def main() -> None:
     shuffled = [tokens[i] for i in rng.permutation(len(tokens))]
     random_batches = [shuffled[s:s + args.batch_size] for s in range(0, len(shuffled), args.batch_size)]
     enc.encode(tokens[:8])  # warm-up
-    from pipeline.extraction.text_runner import length_batches
-    cells = {"bucketed": sum(len(b) * max(lengths[i] for i in b) for b in length_batches(items, args.batch_size)),
+    from pipeline.encoders.text import length_batches
+    cells = {"bucketed": sum(len(b) * max(lengths[i] for i in b) for b in length_batches(list(lengths), args.batch_size)),
              "random+batch": sum(len(b) * max(len(t.ids) for t in b) for b in random_batches),
              "random+max": len(tokens) * args.max_length}
     print("token positions computed (with padding): " + ", ".join(

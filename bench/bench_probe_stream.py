@@ -67,8 +67,8 @@ def sample_run(root: Path, n: int) -> dict:
 def probe_child(train_dir: Path, dev_dir: Path, epochs: int) -> None:
     from pipeline.config import resolve
     from pipeline.downstream.glue import TASKS
-    from pipeline.downstream.heads import TokenFeatures, pool
-    from pipeline.downstream.probe import in_bank_order, open_bank, probe_glue
+    from pipeline.grounded.vectors import TokenFeatures, pool
+    from pipeline.downstream.probe import POOLED_BATCH, in_bank_order, open_bank, probe_glue
     from pipeline.modules import MLP
 
     config = resolve(None, [])
@@ -90,7 +90,7 @@ def probe_child(train_dir: Path, dev_dir: Path, epochs: int) -> None:
             return pool(feats(rows), segments, first, len(idx), cfg["pooling"])
 
         with torch.no_grad():       # the pass probe_glue makes first: pooled [h; f_g(h)] of every pair
-            in_bank_order(bank, 4096, pooled_of)
+            in_bank_order(bank, POOLED_BATCH, pooled_of)
         pooled = time.perf_counter() - t
         t = time.perf_counter()
         scores = probe_glue(TASKS["mnli"], (bank, y), {"dev": (dev, y_dev)}, f_g, cfg=cfg, seed=0)
@@ -102,9 +102,9 @@ def probe_child(train_dir: Path, dev_dir: Path, epochs: int) -> None:
 
 
 def _shard_ids(path: Path) -> list[str]:
-    from pipeline.cache.format import _read_shard, decode_ids
+    from pipeline.cache.format import decode_ids, read_shard
 
-    return decode_ids(_read_shard(path, ("caption_ids",))["caption_ids"])
+    return decode_ids(read_shard(path, ("caption_ids",))["caption_ids"])
 
 
 def main() -> None:

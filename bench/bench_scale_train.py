@@ -40,7 +40,8 @@ def child(args) -> None:
     """One measured run: `--steps` training steps after 3 untimed ones, memory sampled throughout."""
     from pipeline.config import resolve
     from pipeline.modules import GroundingModel
-    from pipeline.training.engine import forward_losses, to_device
+    from pipeline.runtime import to_device
+    from pipeline.training.engine import forward_losses
     from pipeline.training.fit import make_optimizer
     from pipeline.training.reader import SplitReader, epoch_loader
 

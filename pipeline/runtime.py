@@ -23,6 +23,15 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A batch of cached features on `device`; they travel in their storage dtype (half the bytes) and
+    become float32 there."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    for k in ("h", "patches", "prefix"):
+        out[k] = out[k].float()
+    return out
+
+
 def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")

@@ -24,16 +24,14 @@ from stages._common import before_every_command
 app = typer.Typer(help="GroundedBERT: frozen-encoder feature cache + grounding module training.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
-data.app.command("glue-fixtures", help="Small GLUE and SQuAD files in the official formats.")(downstream.fixtures)
-evaluate.app.command("glue", help="GLUE task: a head on h alone vs on h concatenated with f_g(h) (probe or finetune).")(downstream.glue)
-evaluate.app.command("squad", help="SQuAD v1.1/v2.0: start/end heads on h alone vs on h concatenated with f_g(h).")(downstream.squad)
+downstream.register(data.app, "glue-fixtures")
+downstream.register(evaluate.app, "glue", "squad")
 
 
 @app.callback()
 def _every_command() -> None:
     # Before any command: tensors freed by one batch are reused by the next without page faults
-    # (pipeline/runtime.py says why: eager image extraction 1.3x faster on a CPU). The same helper runs
-    # first in every `python -m stages.<name>` entry.
+    # (pipeline/runtime.py says why). The same helper runs first in every `python -m stages.<name>` entry.
     before_every_command()
 
 

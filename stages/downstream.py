@@ -108,11 +108,23 @@ def fixtures(
         typer.echo(f"{name}: {path}")
 
 
+# name -> (command, help); groundedbert puts glue and squad under `evaluate`, glue-fixtures under `data`.
+COMMANDS = {
+    "glue": (glue, "GLUE task: a head on h alone vs on h concatenated with f_g(h) (probe or finetune)."),
+    "squad": (squad, "SQuAD v1.1/v2.0: start/end heads on h alone vs on h concatenated with f_g(h)."),
+    "glue-fixtures": (fixtures, "Small GLUE and SQuAD files in the official formats."),
+}
+
+
+def register(app: typer.Typer, *names: str) -> None:
+    for name in names:
+        command, help_ = COMMANDS[name]
+        app.command(name, help=help_)(command)
+
+
 if __name__ == "__main__":  # `python -m stages.downstream glue|squad|glue-fixtures ...`, as groundedbert's evaluate/data
     from stages._common import run_module
 
     app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-    app.command("glue", help="GLUE task: a head on h alone vs on h concatenated with f_g(h) (probe or finetune).")(glue)
-    app.command("squad", help="SQuAD v1.1/v2.0: start/end heads on h alone vs on h concatenated with f_g(h).")(squad)
-    app.command("glue-fixtures", help="Small GLUE and SQuAD files in the official formats.")(fixtures)
+    register(app, *COMMANDS)
     run_module(app)

@@ -22,10 +22,8 @@ from pipeline.config import resolve, validate_section
 from pipeline.errors import BadItems, ConfigError
 from pipeline.extraction import distributed
 from pipeline.extraction.plan import parse_shards, split_digest
-from pipeline.runtime import keep_freed_memory
 from stages._common import ConfigOpt, SetOpt, friendly_errors
 
-STORAGE_DTYPES = ("float16", "float32")  # what HDF5 and numpy both store natively
 MODALITIES = {"both": ["text", "image"], "text": ["text"], "image": ["image"]}
 
 
@@ -65,7 +63,6 @@ def extract(
 ) -> None:
     from pipeline.data import load_split
 
-    keep_freed_memory()  # also under torchrun, which enters through this module, not the groundedbert callback
     cfg = resolve(config, set or [])["extract"]
     given = dict(on_error=on_error, text_model=text_model, image_model=image_model, text_layer=layer,
                  max_length=max_length, image_size=image_size, compute_dtype=compute_dtype,
@@ -77,8 +74,6 @@ def extract(
     cfg = validate_section("extract", cfg, "from the command line")
     if modality not in MODALITIES:
         raise ConfigError(f"--modality must be one of {sorted(MODALITIES)}, got {modality!r}")
-    if cfg["storage_dtype"] not in STORAGE_DTYPES:
-        raise ConfigError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {cfg['storage_dtype']!r}")
     mods = MODALITIES[modality]
     subset = parse_shards(shards)
     split_dir = Path(cache) / (split or "all")

@@ -1,6 +1,6 @@
 """`groundedbert plots template PATH`: write the offline HTML template for `dvc plots show`.
 
-setup.sh runs it and .dvc/config points `plots.html_template` at the result (pipeline/plots_offline.py
+setup.sh runs it and .dvc/config points `plots.html_template` at the result (stages/plots_offline.py
 says why DVC's default page needs internet).
 """
 from __future__ import annotations
@@ -24,6 +24,6 @@ def plots():
 @friendly_errors
 def template(path: Annotated[Path, typer.Argument(help="Where to write it, e.g. .dvc/plots/offline.html.")]):
     """Write a `dvc plots show` HTML template with vega, vega-lite and vega-embed inlined (no CDN)."""
-    from pipeline.plots_offline import write_template
+    from stages.plots_offline import write_template
 
     typer.echo(write_template(path))

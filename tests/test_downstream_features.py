@@ -6,9 +6,9 @@ from transformers import AutoTokenizer
 
 from pipeline.downstream.features import tokenize_pairs
 from pipeline.downstream.glue import GlueExample
-from pipeline.downstream.heads import TokenFeatures, masked_pool, pool
 from pipeline.downstream.probe import TokenBank
 from pipeline.encoders.offline import resolve_text_name
+from pipeline.grounded.vectors import TokenFeatures, masked_pool, pool
 
 
 def test_pairs_layout_segments_and_truncation():

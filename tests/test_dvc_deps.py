@@ -241,6 +241,46 @@ def test_the_library_never_imports_the_entry_points():
     assert upward == []
 
 
+def documented_layers() -> list[list[str]]:
+    """The numbered package rows under "Imports go one way" in docs/development.md, top row first."""
+    text = (REPO / "docs" / "development.md").read_text()
+    section = text[text.index("Imports go one way"):]
+    rows = []
+    for line in section.splitlines()[2:]:
+        head, _, rest = line.partition(". ")
+        if not head.isdigit():
+            if rows:
+                break
+            continue
+        rows.append([name.strip(" `") for name in rest.split(",")])
+    return rows
+
+
+def package_of_file(path: Path) -> str:
+    """pipeline/cache/format.py -> cache; pipeline/losses.py -> losses; stages/x.py -> stages."""
+    parts = path.relative_to(REPO).parts
+    return "stages" if parts[0] == "stages" else parts[1].removesuffix(".py")
+
+
+def test_imports_follow_the_package_order_written_in_development_md():
+    layers = documented_layers()
+    rank = {name: k for k, row in enumerate(layers) for name in row}
+    assert "grounded" in rank and "stages" in rank and len(layers) > 3, layers
+    files = sorted(p for p in (REPO / "pipeline").rglob("*.py") if p.parent != REPO / "pipeline" or p.name != "__init__.py")
+    unplaced = sorted({package_of_file(p) for p in files} - set(rank))
+    assert not unplaced, f"packages docs/development.md does not place in its import order: {unplaced}"
+    upward = []
+    for path in files:
+        here = package_of_file(path)
+        for target in direct_imports(path):
+            there = package_of_file(target) if target.name != "__init__.py" or target.parent != REPO / "pipeline" \
+                else None
+            if there is not None and there != here and rank[there] <= rank[here]:
+                upward.append(f"{path.relative_to(REPO)} imports {target.relative_to(REPO)} "
+                              f"({here}: row {rank[here] + 1}, {there}: row {rank[there] + 1})")
+    assert not upward, "imports against the order of docs/development.md:\n" + "\n".join(upward)
+
+
 # The entries themselves (these import the project).
 
 @pytest.mark.parametrize("name", sorted(load_stages()))

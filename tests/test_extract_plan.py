@@ -4,9 +4,9 @@ import pytest
 
 from pipeline.cache.fingerprint import cheap_part, make_fingerprint
 from pipeline.encoders import Tokens
+from pipeline.encoders.text import length_batches
 from pipeline.errors import ConfigError
 from pipeline.extraction.plan import TextItem, make_plan, my_shards, parse_shards, shard_ranges, split_digest
-from pipeline.extraction.text_runner import length_batches
 from pipeline.extraction.timing import merge_summaries
 from pipeline.records import CaptionRecord
 
@@ -66,7 +66,7 @@ def test_length_batches_group_similar_lengths():
     lengths = rng.integers(3, 60, 50)
     items = [TextItem(f"c{i}", "", Tokens(np.zeros(n, np.int32), np.zeros((n, 2), np.int32), False))
              for i, n in enumerate(lengths)]
-    batches = length_batches(items, 8)
+    batches = length_batches([len(it.tokens.ids) for it in items], 8)
     assert sorted(i for b in batches for i in b) == list(range(50))
     flat = [len(items[i].tokens.ids) for b in batches for i in b]
     assert flat == sorted(flat)

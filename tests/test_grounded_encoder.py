@@ -15,11 +15,11 @@ from transformers import AutoModel
 from pipeline.config import resolve
 from pipeline.downstream.features import glue_items, tokenize_pairs
 from pipeline.downstream.glue import GlueExample
-from pipeline.downstream.heads import TokenFeatures, pool
 from pipeline.downstream.tasks import cached_bank
 from pipeline.encoders.tiny import make_tiny_text_model
 from pipeline.grounded import GroundedEncoder
 from pipeline.grounded.export import export_run
+from pipeline.grounded.vectors import TokenFeatures, pool
 from pipeline.modules import GroundingModel
 from pipeline.training.checkpoint import BEST, checkpoint_dir, save
 from stages import downstream
@@ -146,10 +146,24 @@ def no_network(*a, **k):
     raise OSError("network access attempted")
 socket.socket.connect = no_network
 socket.create_connection = no_network
+import pipeline.grounded
+# the public encoder loads neither the GLUE / SQuAD code nor the extraction engine
+loaded = sorted(m for m in sys.modules if m.startswith(("pipeline.downstream", "pipeline.extraction")))
 from pipeline.grounded import GroundedEncoder
 enc = GroundedEncoder.from_pretrained(sys.argv[1], device="cpu")
 out = enc.encode({texts!r}, batch_size=3)
-torch.save({{"t": out.t, "mask": out.attention_mask, "pooled": out.pooled, "offsets": out.offsets}}, sys.argv[2])
+# as a transformers user calls it: the tokenizer's padded batch, then the model; and the pipeline
+from transformers import AutoModel, AutoTokenizer, pipeline
+model, tok = AutoModel.from_pretrained(sys.argv[1]), AutoTokenizer.from_pretrained(sys.argv[1])
+batch = tok({texts!r}, return_tensors="pt", padding=True, truncation=True, max_length=model.config.max_length)
+with torch.no_grad():
+    hf = model(**batch)
+    as_tuple = model(**batch, return_dict=False, output_hidden_states=True)
+fe = pipeline("feature-extraction", model=sys.argv[1], device="cpu")
+torch.save({{"t": out.t, "mask": out.attention_mask, "pooled": out.pooled, "offsets": out.offsets, "loaded": loaded,
+            "hf_t": hf.last_hidden_state, "hf_h": hf.h, "hf_g": hf.g, "hf_pooled": hf.pooler_output,
+            "hf_mask": batch["attention_mask"], "tuple_len": len(as_tuple), "hidden_states": len(as_tuple[-1]),
+            "class": type(model).__name__, "pipeline_first": torch.tensor(fe({texts!r}[0]))}}, sys.argv[2])
 """
 
 
@@ -174,6 +188,18 @@ def test_export_loads_in_a_fresh_offline_process_and_gives_the_probe_vectors(tmp
         h = got["t"][..., :32]
     assert_matches_probe(Out, probe, TEXTS)
     assert "auto_map" not in json.loads((folder / "config.json").read_text())   # nothing to trust remotely
+    assert got["loaded"] == []
+    # AutoModel's forward gives encode's vectors: [h; g] per real token, zero at padding, and the pooled vector
+    assert got["class"] == "GroundedModel" and torch.equal(got["hf_mask"].bool(), got["mask"])
+    torch.testing.assert_close(got["hf_t"], got["t"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got["hf_pooled"], got["pooled"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(torch.cat([got["hf_h"], got["hf_g"]], -1), got["hf_t"]) and got["hf_g"].shape[-1] == 8
+    assert (got["hf_t"][~got["mask"]] == 0).all()
+    # return_dict=False: (last_hidden_state, pooler_output, h, g, hidden_states), embeddings + 2 layers
+    assert (got["tuple_len"], got["hidden_states"]) == (5, 3)
+    # the feature-extraction pipeline: last_hidden_state of one text, batch dimension first
+    n = int(got["mask"][0].sum())
+    torch.testing.assert_close(got["pipeline_first"], got["t"][:1, :n], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.integration

@@ -1,4 +1,4 @@
-"""`dvc plots show` with the offline template (pipeline/plots_offline.py) renders in a browser that has
+"""`dvc plots show` with the offline template (stages/plots_offline.py) renders in a browser that has
 no network: the vega line chart is drawn and the PNG plot is shown. The same page made with DVC's
 default (CDN) template stays blank under the same browser, which shows the network really is off."""
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.plots_offline import PLACEHOLDERS, write_template
+from stages.plots_offline import PLACEHOLDERS, write_template
 
 REPO = Path(__file__).resolve().parent.parent
 LOSS = [1.0, 0.6, 0.4, 0.3]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.downstream.engine import shuffled_batches
+from pipeline.downstream.head_training import shuffled_batches
 from pipeline.downstream.glue import TASKS
 from pipeline.downstream.heads import SpanHead
 from pipeline.downstream.probe import ShardedBank, TokenBank, open_bank, probe_glue, span_logits

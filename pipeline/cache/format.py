@@ -158,7 +158,8 @@ def shard_files(split_dir: Path, manifest: dict, modality: str) -> list[Path]:
     return [Path(split_dir) / s["file"] for s in manifest.get("shards", {}).get(modality, [])]
 
 
-def _read_shard(path: Path, names: tuple[str, ...]) -> dict:
+def read_shard(path: Path, names: tuple[str, ...]) -> dict:
+    """The named datasets of one shard, whole, and its attributes under "attrs"; CacheError when unreadable."""
     try:
         with h5py.File(path, "r") as f:
             missing = [n for n in names if n not in f]
@@ -171,10 +172,19 @@ def _read_shard(path: Path, names: tuple[str, ...]) -> dict:
         raise CacheError(f"file {path}: cannot read shard ({e})") from e
 
 
+def dataset_layout(path: Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and stored dtype of one dataset of a shard, read without its values."""
+    try:
+        with h5py.File(path, "r") as f:
+            return tuple(f[name].shape), f[name].dtype
+    except (OSError, KeyError) as e:
+        raise CacheError(f"file {path}: cannot read dataset {name!r} ({e})") from e
+
+
 def load_text(split_dir: Path) -> TextSplit:
     manifest = open_manifest(split_dir)
     names = ("states", "offsets", "token_ids", "char_spans", "caption_ids", "image_ids", "truncated")
-    parts = [_read_shard(p, names) for p in shard_files(split_dir, manifest, "text")]
+    parts = [read_shard(p, names) for p in shard_files(split_dir, manifest, "text")]
     if not parts:
         raise CacheError(f"file {Path(split_dir) / MANIFEST}: the split has no captions")
     offsets, base = [np.zeros(1, np.int64)], 0
@@ -196,7 +206,7 @@ def load_images(split_dir: Path) -> ImageSplit:
     manifest = open_manifest(split_dir)
     names = ("patches", "prefix", "image_ids", "sizes")
     paths = shard_files(split_dir, manifest, "image")
-    parts = [_read_shard(p, names) for p in paths]
+    parts = [read_shard(p, names) for p in paths]
     if not parts:
         raise CacheError(f"file {Path(split_dir) / MANIFEST}: the split has no images")
     a = check_shards_agree(paths, [p["attrs"] for p in parts])

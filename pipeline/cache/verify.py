@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline.cache.finite import caption_of_token, first_bad_row
 from pipeline.cache.format import MANIFEST, decode_ids, open_manifest, prefix_has_class_token
 from pipeline.errors import CacheError
 from pipeline.io.hashing import file_sha256
@@ -89,8 +90,7 @@ def _check_text(f, entry: dict, path: Path, problems: list[str]) -> tuple[list[s
     if "tokens" in entry and entry["tokens"] != t:
         problems.append(f"file {path}: holds {t} tokens, the manifest says {entry['tokens']}")
     ids = decode_ids(f["caption_ids"][()])
-    # A token row belongs to the caption whose offsets span it.
-    _check_finite(f["states"], path, problems, lambda row: ids[np.searchsorted(offsets, row, side="right") - 1])
+    _check_finite(f["states"], path, problems, lambda row: ids[caption_of_token(offsets, row)])
     return ids, decode_ids(f["image_ids"][()])
 
 
@@ -127,10 +127,9 @@ def _check_finite(ds, path: Path, problems: list[str], item_of_row) -> None:
     row_bytes = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
     step = max(1, BLOCK_BYTES // row_bytes)
     for start in range(0, ds.shape[0], step):
-        block = ds[start:start + step]
-        if not np.all(np.isfinite(block)):
-            rows = (~np.isfinite(block.reshape(block.shape[0], -1))).any(axis=1)
-            bad = start + int(np.flatnonzero(rows)[0])
+        row = first_bad_row(ds[start:start + step])
+        if row is not None:
+            bad = start + row
             try:
                 item = item_of_row(bad)
             except IndexError:   # offsets or ids that disagree with the rows: reported on their own

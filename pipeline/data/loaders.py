@@ -17,8 +17,6 @@ from pipeline.data.validate import Collector
 from pipeline.errors import BadItems, DataError
 from pipeline.records import CaptionRecord
 
-FORMATS = ("coco", "karpathy", "jsonl")
-
 
 def load_split(captions_file: Path, images_root: Path, split: str | None = None,
                policy: BadItems | None = None) -> list[CaptionRecord]:

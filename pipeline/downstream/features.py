@@ -9,10 +9,7 @@ instead of clashing with the old one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from pipeline.cache.format import load_text
 from pipeline.downstream.glue import GlueExample
@@ -21,39 +18,15 @@ from pipeline.downstream.squad import Window
 from pipeline.encoders import Tokens
 from pipeline.errors import CacheError
 from pipeline.extraction import TextItem, build_text_cache
+from pipeline.grounded.vectors import PairInputs, tokenize_texts
 from pipeline.io.hashing import digest, file_sha256
 
 
-@dataclass
-class PairInputs:
-    """Tokenised GLUE inputs, one entry per example, in the examples' order."""
-    ids: list[np.ndarray]        # int32 (n,)
-    type_ids: list[np.ndarray]   # int32 (n,): 0 for [CLS] A [SEP], 1 for B [SEP]
-    spans: list[np.ndarray]      # int32 (n, 2): character offsets, each in its own sentence
-    truncated: list[bool]
-
-
-def tokenize_pairs(examples: list[GlueExample], tokenizer, max_length: int, batch: int = 1024) -> PairInputs:
+def tokenize_pairs(examples: list[GlueExample], tokenizer, max_length: int) -> PairInputs:
+    """GLUE examples as GroundedEncoder.encode tokenises texts (grounded/vectors.py), one entry per example."""
     pairs = bool(examples) and examples[0].text_b is not None
     return tokenize_texts([e.text_a for e in examples], [e.text_b for e in examples] if pairs else None,
-                          tokenizer, max_length, batch)
-
-
-def tokenize_texts(a: list[str], b: list[str] | None, tokenizer, max_length: int, batch: int = 1024) -> PairInputs:
-    """Single texts (b None) or pairs: how every downstream input is tokenised, the probe's and
-    GroundedEncoder.encode's alike, so both see the same tokens for the same text."""
-    out = PairInputs([], [], [], [])
-    for s in range(0, len(a), batch):
-        part = a[s:s + batch]
-        enc = tokenizer(part, b[s:s + batch] if b is not None else None, truncation="longest_first",
-                        max_length=max_length, padding=False, return_offsets_mapping=True,
-                        return_token_type_ids=True, return_overflowing_tokens=False)
-        for k in range(len(part)):
-            out.ids.append(np.asarray(enc["input_ids"][k], np.int32))
-            out.type_ids.append(np.asarray(enc["token_type_ids"][k], np.int32))
-            out.spans.append(np.asarray(enc["offset_mapping"][k], np.int32).reshape(-1, 2))
-            out.truncated.append(bool(enc.encodings[k].overflowing))
-    return out
+                          tokenizer, max_length)
 
 
 def glue_items(examples: list[GlueExample], inputs: PairInputs) -> list[TextItem]:

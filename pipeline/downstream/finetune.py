@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.downstream.engine import batches, fit, threads
-from pipeline.downstream.features import PairInputs
+from pipeline.downstream.head_training import batches, threads, train_head
 from pipeline.downstream.glue import TaskSpec
-from pipeline.downstream.heads import PooledHead, SpanHead, TokenFeatures, masked_pool
-from pipeline.downstream.metrics import glue_scores, squad_scores
+from pipeline.downstream.heads import PooledHead, SpanHead
+from pipeline.downstream.official_metrics import glue_scores, squad_scores
 from pipeline.downstream.squad_postprocess import predict_answers
+from pipeline.grounded.vectors import PairInputs, TokenFeatures, masked_pool
 from pipeline.runtime import autocast, seed_everything
 
 
@@ -47,10 +47,10 @@ class Encoder(nn.Module):
 
 
 def _fit(enc: Encoder, head: nn.Module, n: int, step, cfg: dict, seed: int) -> None:
-    fit([{"params": list(enc.model.parameters()), "lr": cfg["finetune_lr"]},
-         {"params": list(enc.features.parameters()) + list(head.parameters()), "lr": cfg["head_lr"]}],
-        n, step, epochs=cfg["finetune_epochs"], batch_size=cfg["finetune_batch_size"], seed=seed,
-        weight_decay=cfg["weight_decay"], warmup_fraction=cfg["warmup_fraction"], modules=(enc, head))
+    train_head([{"params": list(enc.model.parameters()), "lr": cfg["finetune_lr"]},
+                {"params": list(enc.features.parameters()) + list(head.parameters()), "lr": cfg["head_lr"]}],
+               n, step, epochs=cfg["finetune_epochs"], batch_size=cfg["finetune_batch_size"], seed=seed,
+               weight_decay=cfg["weight_decay"], warmup_fraction=cfg["warmup_fraction"], modules=(enc, head))
 
 
 def finetune_glue(spec: TaskSpec, text_encoder, train: tuple[PairInputs, np.ndarray],

@@ -1,4 +1,4 @@
-"""Task heads and the token features they read: `[h; f_g(h)]` (grounded) or `h` alone (baseline).
+"""Task heads over the token features of grounded/vectors.py: `[h; f_g(h)]` (grounded) or `h` alone (baseline).
 
 GLUE heads read one pooled vector per input ([CLS] or the mean over its tokens); SQuAD's span head
 scores every token as an answer start and end. Inputs arrive flat, as in the cache: the tokens of a
@@ -12,33 +12,6 @@ import copy
 import torch
 from torch import nn
 
-POOLINGS = ("cls", "mean")
-
-
-class TokenFeatures(nn.Module):
-    """h -> [h; f_g(h)], or h when `grounding` is None. f_g is frozen unless `tune` is true."""
-
-    def __init__(self, dim: int, grounding: nn.Module | None = None, tune: bool = False):
-        super().__init__()
-        self.grounding = grounding
-        self.dim = dim
-        self.tune = tune
-        if grounding is not None:
-            grounding.requires_grad_(tune)
-            param = next(grounding.parameters())
-            with torch.no_grad():  # d_g as the module says, not as a config might claim
-                grounding.eval()
-                self.dim += int(grounding(torch.zeros(1, dim, dtype=param.dtype, device=param.device)).shape[-1])
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.grounding is None:
-            return h
-        if not self.tune:
-            self.grounding.eval()  # a frozen f_g must not apply dropout either
-            with torch.no_grad():
-                return torch.cat([h, self.grounding(h)], dim=-1)
-        return torch.cat([h, self.grounding(h)], dim=-1)
-
 
 def random_like(module: nn.Module, seed: int) -> nn.Module:
     """A copy of `module` with every layer re-initialised (seeded): the control for the grounded head.
@@ -51,28 +24,6 @@ def random_like(module: nn.Module, seed: int) -> nn.Module:
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
     return copy_
-
-
-def pool(rows: torch.Tensor, segments: torch.Tensor, first: torch.Tensor, count: int, how: str) -> torch.Tensor:
-    """(R, D) token rows -> (count, D): the [CLS] row of each input (`first` holds its row index),
-    or the mean over each input's rows, specials included (as sentence-transformers pools)."""
-    if how == "cls":
-        return rows[first]
-    if how == "mean":
-        total = rows.new_zeros(count, rows.shape[1]).index_add_(0, segments, rows)
-        n = torch.bincount(segments, minlength=count).clamp(min=1).to(rows.dtype)
-        return total / n[:, None]
-    raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
-
-
-def masked_pool(states: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """(B, L, D) padded states and a (B, L) mask -> (B, D), the same pooling as `pool`."""
-    if how == "cls":
-        return states[:, 0]
-    if how == "mean":
-        m = mask.to(states.dtype)[..., None]
-        return (states * m).sum(1) / m.sum(1).clamp(min=1)
-    raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
 
 
 def _mlp(dim_in: int, dim_out: int, hidden: int, dropout: float) -> nn.Sequential:

@@ -14,19 +14,27 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.cache.format import _read_shard, decode_ids, open_manifest, shard_files
-from pipeline.downstream.engine import batches, fit, shuffled_batches, threads
+from pipeline.cache.format import dataset_layout, decode_ids, open_manifest, read_shard, shard_files
+from pipeline.downstream.head_training import batches, shuffled_batches, threads, train_head
 from pipeline.downstream.glue import TaskSpec
-from pipeline.downstream.heads import PooledHead, SpanHead, TokenFeatures, pool
-from pipeline.downstream.metrics import glue_scores, squad_scores
+from pipeline.downstream.heads import PooledHead, SpanHead
+from pipeline.downstream.official_metrics import glue_scores, squad_scores
 from pipeline.downstream.squad_postprocess import predict_answers
 from pipeline.errors import CacheError
+from pipeline.grounded.vectors import TokenFeatures, pool
 from pipeline.runtime import seed_everything
+
+# Batch sizes of passes that only compute (no training step): they bound memory and never change a number.
+POOLED_BATCH = 4096     # items whose frozen pooled features are computed once, before the head trains
+PREDICT_BATCH = 1024    # items per prediction pass over an evaluation set
+SPAN_BATCH = 64         # SQuAD windows per pass: each is padded to its full length, so fewer than pooled items
+# Token rows per call of a mapped bank's function (f_g): bounds its hidden activations; both banks use it, so
+# in-memory and streamed banks group the rows alike.
+MAP_CHUNK = 65536
 
 
 class TokenBank:
@@ -79,17 +87,17 @@ class TokenBank:
         mask = torch.arange(out.shape[1])[None, :] < torch.from_numpy(lengths)[:, None]
         return out, mask
 
-    def mapped(self, fn, chunk: int = 65536) -> "TokenBank":
+    def mapped(self, fn) -> "TokenBank":
         """A bank of fn(rows), computed once in chunks of rows (no gradients), shard by shard as a
         streamed bank computes it, so both give the same values."""
         with torch.no_grad():
             if self.item_shard is None:
-                flat = torch.cat([fn(self.flat[s:s + chunk].float()) for s in range(0, len(self.flat), chunk)])
+                flat = torch.cat([fn(self.flat[s:s + MAP_CHUNK].float()) for s in range(0, len(self.flat), MAP_CHUNK)])
                 return TokenBank(flat, self.offsets)
             flat = None
             for idx in self.ordered_batches(len(self)):   # all of one shard's items, in bank order
                 rows = self.gather(idx)[0]
-                out = torch.cat([fn(rows[k:k + chunk]) for k in range(0, len(rows), chunk)])
+                out = torch.cat([fn(rows[k:k + MAP_CHUNK]) for k in range(0, len(rows), MAP_CHUNK)])
                 if flat is None:
                     flat = torch.empty(len(self.flat), out.shape[1], dtype=out.dtype)
                 flat[torch.from_numpy(_rows_of(self.offsets, idx))] = out
@@ -105,7 +113,7 @@ class ShardedBank(TokenBank):
         where = {}
         offsets_of, self.files, self.fn, self._current = [], list(files), fn, (None, None)
         for s, path in enumerate(self.files):
-            meta = _read_shard(path, ("offsets", "caption_ids"))
+            meta = read_shard(path, ("offsets", "caption_ids"))
             offsets_of.append(meta["offsets"])
             where.update((cid, (s, j)) for j, cid in enumerate(decode_ids(meta["caption_ids"])))
         missing = [i for i in item_ids if i not in where]
@@ -118,11 +126,11 @@ class ShardedBank(TokenBank):
                            dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)   # bank order, for lengths()
         self._shard_offsets = offsets_of
-        with h5py.File(self.files[0], "r") as f:
-            self._dim = int(f["states"].shape[1])
-            # The stored dtype: held in memory as stored, so a float32 cache is not rounded to float16 there
-            # while the streamed path reads it whole (both then compute in float32).
-            self.stored_dtype = torch.from_numpy(np.empty(0, dtype=f["states"].dtype)).dtype
+        shape, dtype = dataset_layout(self.files[0], "states")
+        self._dim = int(shape[1])
+        # The stored dtype: held in memory as stored, so a float32 cache is not rounded to float16 there
+        # while the streamed path reads it whole (both then compute in float32).
+        self.stored_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
         self.flat = None
 
     @property
@@ -136,7 +144,7 @@ class ShardedBank(TokenBank):
         if self._current[0] == s:
             return self._current[1]
         members = np.flatnonzero(self.item_shard == s)
-        data = _read_shard(self.files[s], ("states",))["states"]
+        data = read_shard(self.files[s], ("states",))["states"]
         off = self._shard_offsets[s]
         local = self.item_local[members]
         lengths = off[local + 1] - off[local]
@@ -144,7 +152,7 @@ class ShardedBank(TokenBank):
         rows = torch.from_numpy(data[src]).float()
         if self.fn is not None:
             with torch.no_grad():
-                rows = torch.cat([self.fn(rows[k:k + 65536]) for k in range(0, len(rows), 65536)])
+                rows = torch.cat([self.fn(rows[k:k + MAP_CHUNK]) for k in range(0, len(rows), MAP_CHUNK)])
         start = np.zeros(len(self), dtype=np.int64)
         start[members] = np.cumsum(lengths) - lengths
         self._current = (s, (rows, start))
@@ -162,7 +170,7 @@ class ShardedBank(TokenBank):
         segments = np.repeat(np.arange(len(idx)), lengths)
         return rows[torch.from_numpy(src)], torch.from_numpy(segments), torch.from_numpy(first)
 
-    def mapped(self, fn, chunk: int = 65536) -> "ShardedBank":
+    def mapped(self, fn) -> "ShardedBank":
         """fn applied to each shard as it is read (every epoch), never to the whole split at once."""
         out = copy.copy(self)
         out.fn, out._current = fn, (None, None)
@@ -262,24 +270,24 @@ def probe_glue(spec: TaskSpec, train: tuple[TokenBank, np.ndarray], evals: dict[
         train_x = lambda idx: encode(bank, idx)  # noqa: E731
     else:
         with torch.no_grad():
-            fixed = in_bank_order(bank, 4096, lambda i: encode(bank, i))
+            fixed = in_bank_order(bank, POOLED_BATCH, lambda i: encode(bank, i))
         train_x = lambda idx: fixed[torch.from_numpy(np.asarray(idx))]  # noqa: E731
     target = torch.as_tensor(y)
-    fit([{"params": list(head.parameters()), "lr": cfg["probe_lr"]},
-         {"params": list(feats.parameters()), "lr": cfg["fg_lr"]}], len(bank),
-        lambda idx: head.loss(head(train_x(idx)), target[torch.from_numpy(idx)]),
-        epochs=cfg["probe_epochs"], batch_size=cfg["probe_batch_size"], seed=seed,
-        weight_decay=cfg["weight_decay"], warmup_fraction=cfg["warmup_fraction"], modules=(head, feats),
-        epoch_plan=lambda rng: bank.epoch_batches(rng, cfg["probe_batch_size"]))
+    train_head([{"params": list(head.parameters()), "lr": cfg["probe_lr"]},
+                {"params": list(feats.parameters()), "lr": cfg["fg_lr"]}], len(bank),
+               lambda idx: head.loss(head(train_x(idx)), target[torch.from_numpy(idx)]),
+               epochs=cfg["probe_epochs"], batch_size=cfg["probe_batch_size"], seed=seed,
+               weight_decay=cfg["weight_decay"], warmup_fraction=cfg["warmup_fraction"], modules=(head, feats),
+               epoch_plan=lambda rng: bank.epoch_batches(rng, cfg["probe_batch_size"]))
     scores = {}
     with torch.no_grad():
         for name, (b, gold) in evals.items():
-            pred = in_bank_order(b, 1024, lambda i: head.predict(head(encode(b, i)))).numpy()
+            pred = in_bank_order(b, PREDICT_BATCH, lambda i: head.predict(head(encode(b, i)))).numpy()
             scores.update({f"{name}/{k}": v for k, v in glue_scores(spec.metrics, pred, gold).items()})
     return scores
 
 
-def span_logits(head: SpanHead, bank: TokenBank, transform, batch: int = 64) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def span_logits(head: SpanHead, bank: TokenBank, transform, batch: int = SPAN_BATCH) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Start and end logits of every window, trimmed to its length."""
     starts, ends = [None] * len(bank), [None] * len(bank)
     with torch.no_grad():
@@ -313,11 +321,11 @@ def probe_squad(train: tuple[TokenBank, np.ndarray, np.ndarray], dev: tuple[Toke
         i = torch.from_numpy(idx)
         return head.loss(s, e, s_gold[i], e_gold[i])
 
-    fit([{"params": list(head.parameters()), "lr": cfg["probe_lr"]},
-         {"params": list(feats.parameters()), "lr": cfg["fg_lr"]}], len(bank), step,
-        epochs=cfg["probe_epochs"], batch_size=cfg["probe_batch_size"], seed=seed,
-        weight_decay=cfg["weight_decay"], warmup_fraction=cfg["warmup_fraction"], modules=(head, feats),
-        epoch_plan=lambda rng: bank.epoch_batches(rng, cfg["probe_batch_size"]))
+    train_head([{"params": list(head.parameters()), "lr": cfg["probe_lr"]},
+                {"params": list(feats.parameters()), "lr": cfg["fg_lr"]}], len(bank), step,
+               epochs=cfg["probe_epochs"], batch_size=cfg["probe_batch_size"], seed=seed,
+               weight_decay=cfg["weight_decay"], warmup_fraction=cfg["warmup_fraction"], modules=(head, feats),
+               epoch_plan=lambda rng: bank.epoch_batches(rng, cfg["probe_batch_size"]))
     starts, ends = span_logits(head, dev_bank, transform)
     preds = predict_answers(questions, windows, starts, ends, version=version, n_best=cfg["n_best"],
                             max_answer_length=cfg["max_answer_length"], null_threshold=cfg["null_threshold"])

@@ -29,6 +29,13 @@ class Tokens:
     type_ids: np.ndarray | None = None
 
 
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices into `lengths` (token counts), sorted by (count, position), cut into batches of `batch_size`:
+    a batch pads only to lengths its neighbours share, and the batches depend on the counts alone."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 class TextEncoder:
     def __init__(self, name: str, tokenizer, model, *, layer: int, max_length: int, device, compute_dtype: str):
         self.name, self.tokenizer, self.model = name, tokenizer, model

@@ -23,7 +23,7 @@ from pipeline.evaluation.pointing import PointingGame
 from pipeline.evaluation.synonyms import WordTypeAverager, held_out_types, word_occurrences
 from pipeline.losses import mean_pairwise_cosine, ot_alignment_loss
 from pipeline.modules import MLP
-from pipeline.training.engine import to_device
+from pipeline.runtime import to_device
 from pipeline.training.reader import epoch_loader
 from pipeline.transport import ConvergenceTally
 

@@ -14,19 +14,14 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.cache.format import shard_path, write_text_shard
+from pipeline.encoders.text import length_batches
 from pipeline.extraction.plan import TextItem, shard_ranges
 from pipeline.extraction.timing import Timer
 
 
-def length_batches(items: list[TextItem], batch_size: int) -> list[list[int]]:
-    """Indices into `items`, sorted by (token count, position), cut into batches of `batch_size`."""
-    order = sorted(range(len(items)), key=lambda i: (len(items[i].tokens.ids), i))
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-
-
 def encode_shard(items: list[TextItem], encoder, batch_size: int, timer: Timer, bar=None) -> list[np.ndarray]:
     states: list[np.ndarray | None] = [None] * len(items)
-    for batch in length_batches(items, batch_size):
+    for batch in length_batches([len(it.tokens.ids) for it in items], batch_size):
         with timer.phase("infer"):
             out = encoder.encode([items[i].tokens for i in batch])
         for i, s in zip(batch, out):

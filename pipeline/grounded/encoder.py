@@ -4,11 +4,10 @@
     out = enc.encode(["a small red circle left of a blue square"], batch_size=32)
     out.t, out.h, out.g, out.attention_mask, out.offsets, out.pooled
 
-One code path with the downstream probe, function for function: texts are tokenised by
-`features.tokenize_texts` (the probe's GLUE tokenisation), h comes from `TextEncoder.encode` in the
-length-sorted batches of the extraction runner (`length_batches`), [h; f_g(h)] from `heads.TokenFeatures`
-and the sentence vector from `heads.masked_pool` (the padded twin of the probe's `pool`). The probe reads
-h back from a float16 cache, so the two agree to float16 precision.
+One path: texts are tokenised as the downstream probe tokenises them (vectors.tokenize_texts), sorted into
+length batches (encoders.text.length_batches, the extraction runner's), and each batch goes through
+GroundedModel.forward (hf_model.py), which a transformers user calls directly. The probe reads h back from
+a float16 cache, so the two agree to float16 precision.
 """
 from __future__ import annotations
 
@@ -19,12 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.downstream.features import tokenize_texts
-from pipeline.downstream.heads import POOLINGS, TokenFeatures, masked_pool
-from pipeline.encoders.text import TextEncoder, Tokens, load_text_encoder
+from pipeline.encoders.text import TextEncoder, length_batches, load_text_encoder
 from pipeline.errors import ConfigError, ExportError
-from pipeline.extraction.plan import TextItem
-from pipeline.extraction.text_runner import length_batches
+from pipeline.grounded.hf_model import GroundedModel, build, f_g_fields
+from pipeline.grounded.vectors import POOLINGS, tokenize_texts
 from pipeline.runtime import pick_device
 from pipeline.training.checkpoint import BEST, build_model, checkpoint_dir, load
 
@@ -61,22 +58,25 @@ def load_run_encoder(run_dir: Path, *, max_length: int, device="cpu", which: str
     encoder = load_text_encoder(ex["text_model"], layer=ex["text_layer"], max_length=max_length, device=device,
                                 compute_dtype=compute_dtype or ex["compute_dtype"])
     f_g = build_model(checkpoint).eval().f_g
-    if f_g[0].in_features != encoder.dim:
-        raise ConfigError(f"run {run_dir}: its f_g reads {f_g[0].in_features}-wide states but "
+    if checkpoint["dims"]["d_t"] != encoder.dim:
+        raise ConfigError(f"run {run_dir}: its f_g reads {checkpoint['dims']['d_t']}-wide states but "
                           f"{ex['text_model']!r} gives {encoder.dim}")
     return encoder, f_g, checkpoint
 
 
 class GroundedEncoder:
-    """A text encoder and the f_g trained on its states, on one device, frozen."""
+    """A GroundedModel and its tokenizer on one device, frozen; `text` is the text encoder's view of the same
+    weights (tokenizer, layer, max_length, fingerprint)."""
 
-    def __init__(self, text: TextEncoder, f_g: nn.Module, *, pooling: str, info: dict | None = None):
-        if pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        self.text, self.pooling, self.info = text, pooling, dict(info or {})
+    def __init__(self, text: TextEncoder, model: GroundedModel, *, info: dict | None = None):
+        if model.config.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {model.config.pooling!r}")
+        self.text, self.info = text, dict(info or {})
         self.device = text.device
-        self.features = TokenFeatures(text.dim, f_g.eval().to(self.device))
-        self.d_t, self.d_g = text.dim, self.features.dim - text.dim
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        text.model = self.model.text_model   # one copy of the weights
+        self.pooling = model.config.pooling
+        self.d_t, self.d_g = model.config.d_t, model.config.d_g
 
     @classmethod
     def from_run(cls, run_dir: Path, *, device="auto", checkpoint: str = BEST, pooling: str | None = None,
@@ -89,8 +89,9 @@ class GroundedEncoder:
         text, f_g, ckpt = load_run_encoder(run_dir, max_length=max_length or cfg["max_length"],
                                            device=pick_device(str(device)), which=checkpoint,
                                            compute_dtype=compute_dtype)
-        return cls(text, f_g, pooling=pooling or cfg["pooling"],
-                   info={"run": str(run_dir), "checkpoint": checkpoint, "epoch": ckpt["epoch"]})
+        model = build(text.model, f_g, **f_g_fields(ckpt["dims"]), layer=text.layer, pooling=pooling or cfg["pooling"],
+                      max_length=text.max_length, compute_dtype=text.compute_dtype)
+        return cls(text, model, info={"run": str(run_dir), "checkpoint": checkpoint, "epoch": ckpt["epoch"]})
 
     @classmethod
     def from_pretrained(cls, folder: Path, *, device="auto", pooling: str | None = None,
@@ -101,23 +102,24 @@ class GroundedEncoder:
 
         model, tokenizer, config = load_folder(folder)
         device = pick_device(str(device))
+        config = model.config
+        config.pooling = pooling or config.pooling
+        config.max_length = max_length or config.max_length
+        config.compute_dtype = compute_dtype or config.compute_dtype
         model.text_model.eval().requires_grad_(False).to(device)
-        text = TextEncoder(str(folder), tokenizer, model.text_model, layer=config.layer,
-                           max_length=max_length or config.max_length, device=device,
-                           compute_dtype=compute_dtype or config.compute_dtype)
+        text = TextEncoder(str(folder), tokenizer, model.text_model, layer=config.layer, max_length=config.max_length,
+                           device=device, compute_dtype=config.compute_dtype)
         if text.tokenizer_sha256() != config.text_fingerprint["tokenizer_sha256"]:  # read_config requires it
             raise ExportError(f"file {Path(folder) / 'tokenizer.json'}: the tokenizer differs from the one the "
                               "export recorded in config.json (text_fingerprint.tokenizer_sha256); "
                               "altered after export?")
-        return cls(text, model.f_g, pooling=pooling or config.pooling,
-                   info={"folder": str(folder), **(config.source or {})})
+        return cls(text, model, info={"folder": str(folder), **(config.source or {})})
 
     @property
     def dim(self) -> int:
         return self.d_t + self.d_g
 
-    # The text encoder runs in inference_mode (TextEncoder.encode); what is returned is built under no_grad
-    # instead, because inference tensors cannot feed a module being trained, the point of these vectors.
+    # no_grad, not inference_mode: inference tensors cannot feed a module being trained, the point of these vectors.
     @torch.no_grad()
     def encode(self, texts: list[str] | str, text_pairs: list[str] | None = None, *, batch_size: int = 32) -> Encoded:
         """Encode texts (or text pairs, as `[CLS] a [SEP] b [SEP]`), `batch_size` inputs per forward pass."""
@@ -128,27 +130,29 @@ class GroundedEncoder:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         tok = tokenize_texts(texts, list(text_pairs) if text_pairs is not None else None, self.text.tokenizer,
                              self.text.max_length)
-        items = [TextItem(str(k), "", Tokens(ids, spans, cut, type_ids=types))
-                 for k, (ids, spans, cut, types) in enumerate(zip(tok.ids, tok.spans, tok.truncated, tok.type_ids))]
-        n, width = len(items), max((len(i) for i in tok.ids), default=0)
+        lengths = [len(ids) for ids in tok.ids]
+        n, width = len(lengths), max(lengths, default=0)
         t = torch.zeros(n, width, self.dim, device=self.device)
-        mask = torch.zeros(n, width, dtype=torch.bool, device=self.device)
-        for batch in length_batches(items, batch_size):
-            states = self.text.encode([items[i].tokens for i in batch])
-            lengths = torch.tensor([len(s) for s in states])
-            rows = torch.repeat_interleave(torch.tensor(batch), lengths).to(self.device)
-            pos = torch.cat([torch.arange(k) for k in lengths.tolist()]).to(self.device)
-            t[rows, pos] = self.features(torch.from_numpy(np.concatenate(states)).to(self.device))
-            mask[rows, pos] = True
-        pooled = masked_pool(t, mask, self.pooling) if n else t.new_zeros(0, self.dim)
-        return Encoded(t=t, attention_mask=mask, offsets=_padded(tok.spans, width, 2).to(self.device), pooled=pooled,
-                       input_ids=_padded(tok.ids, width).to(self.device),
+        pooled = torch.zeros(n, self.dim, device=self.device)
+        for batch in length_batches(lengths, batch_size):
+            w = max(lengths[i] for i in batch)
+            ids = _padded([tok.ids[i] for i in batch], w, fill=self.text.tokenizer.pad_token_id)
+            types = _padded([tok.type_ids[i] for i in batch], w)
+            mask = _padded([np.ones(lengths[i]) for i in batch], w)
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                             token_type_ids=types.to(self.device))
+            rows = torch.tensor(batch, device=self.device)
+            t[rows, :w] = out.last_hidden_state
+            pooled[rows] = out.pooler_output
+        mask = torch.arange(width)[None, :] < torch.tensor(lengths, dtype=torch.int64).reshape(n, 1)
+        return Encoded(t=t, attention_mask=mask.to(self.device), offsets=_padded(tok.spans, width, 2).to(self.device),
+                       pooled=pooled, input_ids=_padded(tok.ids, width).to(self.device),
                        token_type_ids=_padded(tok.type_ids, width).to(self.device), truncated=list(tok.truncated),
                        d_t=self.d_t)
 
 
-def _padded(arrays: list[np.ndarray], width: int, *trailing: int) -> torch.Tensor:
-    out = torch.zeros(len(arrays), width, *trailing, dtype=torch.int64)
+def _padded(arrays: list[np.ndarray], width: int, *trailing: int, fill: int = 0) -> torch.Tensor:
+    out = torch.full((len(arrays), width, *trailing), fill, dtype=torch.int64)
     for row, a in enumerate(arrays):
         out[row, : len(a)] = torch.from_numpy(a.astype(np.int64))
     return out

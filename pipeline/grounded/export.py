@@ -30,7 +30,7 @@ import torch
 from pipeline.encoders.hashing import state_dict_sha256
 from pipeline.errors import ConfigError, ExportError
 from pipeline.grounded.encoder import GroundedEncoder, load_run_encoder
-from pipeline.grounded.hf_model import build
+from pipeline.grounded.hf_model import build, f_g_fields
 from pipeline.grounded.model_card import model_card
 from pipeline.runtime import pick_device
 from pipeline.training.checkpoint import BEST, checkpoint_dir, load
@@ -108,21 +108,18 @@ def export_run(run_dir: Path, out: Path, *, pooling: str, max_length: int, check
     check_device(run_dir, checkpoint, device)
     text, f_g, ckpt = load_run_encoder(run_dir, max_length=max_length, device=device, which=checkpoint)
     check_same_encoder(text, ckpt["cache"], run_dir / "checkpoints" / checkpoint)
-    source = GroundedEncoder(text, f_g, pooling=pooling)  # before any write: a bad pooling fails here
-    fields = dict(layer=text.layer, pooling=pooling, max_length=max_length, compute_dtype=text.compute_dtype,
-                  text_model_name=text.name, text_fingerprint=text.fingerprint(), fg_sha256=state_dict_sha256(f_g),
-                  run_config=ckpt["config"],
-                  cache_fingerprint=ckpt["cache"],
+    fields = dict(**f_g_fields(ckpt["dims"]), layer=text.layer, pooling=pooling, max_length=max_length,
+                  compute_dtype=text.compute_dtype, text_model_name=text.name, text_fingerprint=text.fingerprint(),
+                  fg_sha256=state_dict_sha256(f_g), run_config=ckpt["config"], cache_fingerprint=ckpt["cache"],
                   source={"run": str(run_dir), "checkpoint": checkpoint, "epoch": ckpt["epoch"], "step": ckpt["step"]})
     model = build(text.model, f_g, **fields)
+    source = GroundedEncoder(text, model)  # before any write: a bad pooling fails here
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         text.tokenizer.save_pretrained(tmp)
-        card = {**fields, "d_t": model.config.d_t, "d_g": model.config.d_g, "fg_hidden": model.config.fg_hidden,
-                "fg_layernorm": model.config.fg_layernorm}
-        (tmp / "README.md").write_text(model_card(card, metrics))
+        (tmp / "README.md").write_text(model_card(fields, metrics))
         if metrics is not None:
             shutil.copyfile(metrics_file, tmp / "run_metrics.json")
         problem = same_vectors(source, GroundedEncoder.from_pretrained(tmp, device=device), CHECK_TEXTS)

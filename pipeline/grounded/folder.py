@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.downstream.heads import POOLINGS
 from pipeline.encoders.hashing import state_dict_sha256
 from pipeline.errors import ExportError
 from pipeline.grounded.hf_model import FORMAT_VERSION, MODEL_TYPE, GroundedConfig, GroundedModel
+from pipeline.grounded.vectors import POOLINGS
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")

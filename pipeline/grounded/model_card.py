@@ -61,9 +61,10 @@ def model_card(fields: dict, metrics: dict | None) -> str:
         "out.t, out.h, out.g, out.attention_mask, out.offsets, out.pooled",
         "```",
         "",
-        "Loads from local files only (no network, no `trust_remote_code`). `GroundedModel.from_pretrained(folder)` "
-        "(or `AutoModel.from_pretrained(folder)` after `import pipeline.grounded`) gives the modules themselves: "
-        "`text_model` and `f_g`.",
+        "Loads from local files only (no network, no `trust_remote_code`). After `import pipeline.grounded`, "
+        "`AutoModel.from_pretrained(folder)` is a transformers model: `model(**tokenizer(texts, return_tensors=\"pt\", "
+        "padding=True))` returns `last_hidden_state` = [h; g], `h`, `g` and `pooler_output`, and "
+        "`pipeline(\"feature-extraction\", model=folder)` works too.",
         "",
         "## What it computes",
         "",

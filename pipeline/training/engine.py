@@ -19,7 +19,7 @@ from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses import (matching_bce, mean_pairwise_cosine, ot_alignment_loss, ot_hinge, pick_negatives,
                              token_contrastive)
 from pipeline.local_score import local_contrastive
-from pipeline.runtime import torch_threads
+from pipeline.runtime import to_device, torch_threads
 from pipeline.training.schedule import learning_rate, set_learning_rate
 from pipeline.transport import ConvergenceTally, TransportInputError
 
@@ -32,14 +32,6 @@ def amp_context(device: torch.device, amp: str):
     if amp == "off" or device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    # Features travel in their storage dtype (half the bytes) and become float32 on the device.
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    for k in ("h", "patches", "prefix"):
-        out[k] = out[k].float()
-    return out
 
 
 def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, amp, with_ot: bool, *,

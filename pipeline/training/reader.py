@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.cache.format import (_read_shard, check_shards_agree, decode_ids, open_manifest, prefix_has_class_token,
-                                   shard_files)
+from pipeline.cache.finite import check_image_rows, check_text_states
+from pipeline.cache.format import (check_shards_agree, decode_ids, open_manifest, prefix_has_class_token,
+                                   read_shard as _read_shard, shard_files)
 from pipeline.errors import CacheError, ConfigError
-from pipeline.finite_features import check_image_rows, check_text_states
 
 TEXT_META = ("offsets", "caption_ids", "image_ids")
 IMAGE_BLOCK_BYTES = 256 << 20   # the most a streamed text shard's images are read at once (per worker)

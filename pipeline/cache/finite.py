@@ -3,7 +3,7 @@
 A NaN or inf in the token states or patches would otherwise reach training as a non-finite loss a
 few steps later (or, with the OT's padding rules, as a silently wrong one), far from its cause. The
 check is one pass over arrays already in memory; the item ids are read from the shard only when a
-value is bad. `groundedbert cache verify` runs the same row search over whole shards.
+value is bad. `groundedbert cache verify` (verify.py) runs the same row search over whole shards, in blocks.
 """
 from __future__ import annotations
 

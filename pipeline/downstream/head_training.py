@@ -1,4 +1,5 @@
-"""The one training loop both modes share: shuffled mini-batches, AdamW, linear warmup then decay.
+"""The head-training loop both downstream modes share: shuffled mini-batches, AdamW, linear warmup then decay
+(stage two's own loop is pipeline/training/fit.py).
 
 The caller supplies `step(indices) -> loss` for a batch of item indices; the loop owns the order,
 the optimiser and the schedule, so probe and fine-tune differ only in what a step computes.
@@ -10,15 +11,18 @@ import contextlib
 import numpy as np
 import torch
 
+# The max gradient norm: a fresh head's first steps on a large loss must not wreck a tuned encoder or f_g.
+GRAD_CLIP = 1.0
+
 
 def shuffled_batches(n_items: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     order = rng.permutation(n_items)
     return [order[start:start + batch_size] for start in range(0, n_items, batch_size)]
 
 
-def fit(param_groups: list[dict], n_items: int, step, *, epochs: int, batch_size: int, seed: int,
-        weight_decay: float = 0.01, warmup_fraction: float = 0.1, grad_clip: float = 1.0,
-        modules: tuple[torch.nn.Module, ...] = (), epoch_plan=None) -> list[float]:
+def train_head(param_groups: list[dict], n_items: int, step, *, epochs: int, batch_size: int, seed: int,
+               weight_decay: float, warmup_fraction: float, modules: tuple[torch.nn.Module, ...] = (),
+               epoch_plan=None) -> list[float]:
     """Train for `epochs` passes; returns the mean loss of each epoch. `modules` are put in train mode.
     `epoch_plan(rng)`: an epoch's batches of item indices (default: one shuffle of all items); a streamed
     probe passes one that keeps each batch inside a cache shard."""
@@ -42,7 +46,7 @@ def fit(param_groups: list[dict], n_items: int, step, *, epochs: int, batch_size
             loss = step(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], GRAD_CLIP)
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
@@ -61,8 +65,8 @@ def batches(n: int, size: int):
 def threads(n: int):
     """Run on `n` CPU threads (0: leave torch's setting), restoring the setting afterwards.
 
-    The probe always uses one: on a shared CPU, a (64, 512) x (512, 2) product on two OpenMP threads
-    waits on a busy core at every op (measured 6-10 ms per step against 0.3-0.7 ms on one thread)."""
+    The probe always uses one: its products are small enough that a second OpenMP thread on a busy core
+    costs more in waiting than it computes (bench/RESULTS.md)."""
     before = torch.get_num_threads()
     if n > 0:
         torch.set_num_threads(n)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipeline.downstream.metrics import (accuracy, exact_match, f1_binary, matthews, normalize_answer, pearson,
+from pipeline.downstream.official_metrics import (accuracy, exact_match, f1_binary, matthews, normalize_answer, pearson,
                                          spearman, squad_scores, token_f1)
 from pipeline.downstream.squad import Answer, SquadQuestion
 
