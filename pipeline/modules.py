@@ -44,7 +44,11 @@ class Matcher(nn.Module):
         return self.fc2(self.act(pre)).squeeze(-1)
 
 
-class GroundingModel(nn.Module):
+class StageTwoModules(nn.Module):
+    """The three modules stage two trains, together: f_g, f_v and f_c (what a checkpoint holds). Not an
+    encoder: the exported model that runs text through the frozen encoder and f_g is
+    grounded/hf_model.py's GroundedModel, which keeps f_g alone."""
+
     def __init__(self, d_t: int, d_v: int, d_g: int = 128, hidden: int = 512, layernorm: bool = True):
         super().__init__()
         self.dims = dict(d_t=d_t, d_v=d_v, d_g=d_g, hidden=hidden, layernorm=layernorm)

@@ -27,7 +27,7 @@ import torch
 
 from pipeline.encoders.compiled import COMPILED, compile_forward, in_fixed_batches
 from pipeline.encoders.flops import counted_flops, is_plain_vit, vit_flops
-from pipeline.encoders.hashing import state_dict_sha256
+from pipeline.encoders.weights_hash import state_dict_sha256
 from pipeline.encoders.offline import IMAGE_NAMES, dinov2_weights, hub_hint
 from pipeline.encoders.preprocess import Preprocess
 from pipeline.errors import ConfigError
