@@ -1,7 +1,7 @@
 """The three trained modules of stage two (docs/method.md): f_g, f_v and the matching classifier f_c.
 
 Everything else (the text encoder, the ViT) is frozen and read from the cache, so these MLPs are the
-whole model: a few hundred thousand parameters that train in seconds per epoch on a CPU.
+whole model: a few hundred thousand parameters, small enough to train on a CPU.
 """
 from __future__ import annotations
 

@@ -116,7 +116,7 @@ class ImageEncoder:
         self._flops: float | None = None
         self.batch_size, self._compiled = int(batch_size), None  # eager until compiled, below
         # Reduced precision by casting the weights: autocast re-casts every Linear's weights and inputs
-        # on every call (~20% of a bf16 forward on the CPU, measured) and runs GELU and norms in float32.
+        # on every call and runs GELU and norms in float32.
         self.weights_dtype = torch_dtype(compute_dtype) if cast_weights and compute_dtype != "float32" else None
         if self.weights_dtype is not None:
             self.weights_sha256()  # the hash names the float32 weights the model was loaded with

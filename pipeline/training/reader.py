@@ -392,9 +392,8 @@ def in_plan_order(tagged, stats: dict | None = None):
 
 def prefetch(iterable, depth: int = 2):
     """Produce the next `depth` items in a background thread, so file reads overlap the training step
-    as far as the GIL allows when there are no worker processes. Measured on the default cache
-    streamed with lambda = 0 (the fastest steps): 32% of the epoch waiting for data with this thread,
-    8.5% with train.num_workers = 2; with the OT on, 2%.
+    as far as the GIL allows when there are no worker processes (train.num_workers hides more of them:
+    bench/RESULTS.md).
 
     The consumer may stop early (an exception in the training step, a `break`): closing or dropping its
     generator sets `stop`, and the producer, which waits on a full queue only a moment at a time, then
