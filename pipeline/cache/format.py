@@ -30,8 +30,8 @@ Image shard datasets (N images, m patches, P prefix tokens):
          holds registers but no class token (absent, as in every older cache: CLS first when P > 0).
 
 Every shard is built in memory and written to a temporary file in the same folder, then renamed into
-place (`atomic_h5`): a shard under its final name is complete. Bytes are deterministic (no timestamps, fixed chunking), so
-the same inputs give identical files and DVC sees no change.
+place (`atomic_h5`): a shard under its final name is complete. Bytes are deterministic (no timestamps,
+fixed chunking), so the same inputs give identical files and DVC sees no change.
 """
 from __future__ import annotations
 
