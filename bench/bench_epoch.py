@@ -33,7 +33,7 @@ from pipeline.config import resolve  # noqa: E402
 from pipeline.data import load_rgb, load_split, resolve_image  # noqa: E402
 from pipeline.encoders import load_image_encoder, load_text_encoder  # noqa: E402
 from pipeline import losses  # noqa: E402
-from pipeline.modules import GroundingModel  # noqa: E402
+from pipeline.modules import StageTwoModules  # noqa: E402
 from pipeline.runtime import to_device  # noqa: E402
 from pipeline.training.engine import forward_losses  # noqa: E402
 from pipeline.training.fit import make_optimizer  # noqa: E402
@@ -76,7 +76,7 @@ def profile_from_cache(reader, cfg, steps: int, solver: str, clock: SolverClock,
     cfg = {**cfg, "ot_solver": solver}
     torch.manual_seed(0)
     d_t, d_v = reader.dims()
-    model = GroundingModel(d_t, d_v, cfg["d_g"], cfg["hidden"], cfg["layernorm"])
+    model = StageTwoModules(d_t, d_v, cfg["d_g"], cfg["hidden"], cfg["layernorm"])
     optimizer = make_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(0)
     totals, n, items = {"data": 0.0}, 0, 0
@@ -108,7 +108,7 @@ def encoders_per_batch(reader, cfg, ex, records, images_root: Path, steps: int, 
     by_caption = {r.caption_id: r for r in records}
     by_image = {r.image_id: r for r in records}
     torch.manual_seed(0)
-    model = GroundingModel(text.dim, image.dim, cfg["d_g"], cfg["hidden"], cfg["layernorm"])
+    model = StageTwoModules(text.dim, image.dim, cfg["d_g"], cfg["hidden"], cfg["layernorm"])
     optimizer = make_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(0)
     n, items, enc_time = 0, 0, 0.0

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
 from pipeline.config import load_defaults  # noqa: E402
 from pipeline.local_score import hardest_negatives, local_contrastive, plan_mean  # noqa: E402
-from pipeline.modules import GroundingModel  # noqa: E402
+from pipeline.modules import StageTwoModules  # noqa: E402
 from pipeline.training.engine import forward_losses  # noqa: E402
 from pipeline.training.fit import make_optimizer  # noqa: E402
 from pipeline.transport import solve_plan  # noqa: E402
@@ -113,7 +113,7 @@ def rest_of_step(cfg: dict, repeats: int, d_t: int = 384, d_v: int = 384) -> flo
     the OT loss's plans converge in fewer sweeps than trained ones, so this undercounts the rest of a real
     step and the whole-step ratios derived from it overstate partial_ot's share (a conservative bound)."""
     torch.manual_seed(0)
-    model = GroundingModel(d_t, d_v, cfg["d_g"], cfg["hidden"], cfg["layernorm"])
+    model = StageTwoModules(d_t, d_v, cfg["d_g"], cfg["hidden"], cfg["layernorm"])
     optimizer = make_optimizer(model, cfg)
     _, _, content, slot = embeddings("random")
     batch = {"h": torch.randn(B, N, d_t), "patches": torch.randn(U, M, d_v), "prefix": torch.randn(U, 1, d_v),

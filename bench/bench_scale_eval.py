@@ -8,7 +8,7 @@ A smaller --images runs faster and extrapolates its time to --target-images (ret
 The parts are evaluate_run's own (pipeline/evaluation/grounding_eval.py): encode_split, retrieval_ranks (every
 caption against every image, in blocks, twice), matching_pairs, and the alignment pass over every batch
 (collapse; the fixture has no grounding.json, so no pointing game: on a real split that adds one OT plan
-per grounded caption). The model is a fresh GroundingModel of the default configuration's shape: the time
+per grounded caption). The model is a fresh StageTwoModules of the default configuration's shape: the time
 does not depend on its weights. Each budget runs in its own process; prints JSON lines.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def child(cache: Path, budget: float) -> None:
     from pipeline.evaluation.alignment import alignment_pass, plan_settings
     from pipeline.evaluation.metrics import retrieval
     from pipeline.evaluation.scoring import encode_split, matching_pairs, retrieval_ranks
-    from pipeline.modules import GroundingModel
+    from pipeline.modules import StageTwoModules
     from pipeline.training.reader import SplitReader
 
     config = resolve(None, [])
@@ -47,7 +47,7 @@ def child(cache: Path, budget: float) -> None:
         times["open"] = time.perf_counter() - t
         torch.manual_seed(0)
         d_t, d_v = reader.dims()
-        model = GroundingModel(d_t, d_v, cfg["d_g"], cfg["hidden"], cfg["layernorm"]).eval()
+        model = StageTwoModules(d_t, d_v, cfg["d_g"], cfg["hidden"], cfg["layernorm"]).eval()
         device = torch.device("cpu")
         t = time.perf_counter()
         t0, vbar, gold = encode_split(model, reader, ev["block_size"], device)

@@ -39,7 +39,7 @@ BYTES_PER_IMAGE_GUESS = 260_000                  # ViT-S/14 patches + 5 MiniLM c
 def child(args) -> None:
     """One measured run: `--steps` training steps after 3 untimed ones, memory sampled throughout."""
     from pipeline.config import resolve
-    from pipeline.modules import GroundingModel
+    from pipeline.modules import StageTwoModules
     from pipeline.runtime import to_device
     from pipeline.training.engine import forward_losses
     from pipeline.training.fit import make_optimizer
@@ -52,7 +52,7 @@ def child(args) -> None:
         opened = time.perf_counter() - t_open
         torch.manual_seed(0)
         d_t, d_v = reader.dims()
-        model = GroundingModel(d_t, d_v, cfg["d_g"], cfg["hidden"], cfg["layernorm"])
+        model = StageTwoModules(d_t, d_v, cfg["d_g"], cfg["hidden"], cfg["layernorm"])
         optimizer = make_optimizer(model, cfg)
         generator = torch.Generator().manual_seed(0)
         wait = steps = captions = 0

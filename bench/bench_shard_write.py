@@ -1,4 +1,4 @@
-"""What building a shard in memory costs (pipeline/io/atomic.py::atomic_h5: HDF5's core driver, then one plain write),
+"""What building a shard in memory costs (cache/format.py::atomic_h5: HDF5's core driver, then one plain write),
 against h5py writing the file itself (how shards were written before a full disk had to be a clean error).
 
     .venv/bin/python bench/bench_shard_write.py [--images 1024] [--rounds 3] [--folder /tmp]
@@ -21,8 +21,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.cache.format import encode_ids, put
-from pipeline.io.atomic import atomic_h5, atomic_path
+from pipeline.cache.format import atomic_h5, encode_ids, put
+from pipeline.io.atomic import atomic_path
 from pipeline.io.hashing import file_sha256
 
 

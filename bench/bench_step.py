@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import add_malloc_flag, machine_info, matmul_peak, set_malloc  # noqa: E402
 from pipeline.config import resolve  # noqa: E402
 from pipeline.losses import cosine_cost, matching_bce, token_contrastive  # noqa: E402
-from pipeline.modules import GroundingModel  # noqa: E402
+from pipeline.modules import StageTwoModules  # noqa: E402
 from pipeline.training import engine  # noqa: E402
 from pipeline.training.fit import make_optimizer  # noqa: E402
 from pipeline.transport import ot_loss, solve_plan  # noqa: E402
@@ -247,7 +247,7 @@ def main() -> None:
     torch.manual_seed(0)
     batch = synthetic_batch(cfg["batch_size"])
     val_batches = [synthetic_batch(c, c * 60 // 64, seed=1 + i) for i, c in enumerate([64, 64, 64, 48])]
-    model = GroundingModel(D_T, D_V, cfg["d_g"], cfg["hidden"], cfg["layernorm"])
+    model = StageTwoModules(D_T, D_V, cfg["d_g"], cfg["hidden"], cfg["layernorm"])
     optimizer = make_optimizer(model, cfg)
     parts, pairs, sweeps = make_parts(model, optimizer, batch, cfg, class_token=True)
     flops = step_flops(batch, cfg, pairs, sweeps)

@@ -40,7 +40,7 @@ from pipeline.transport import solve_plan
 
 LOCAL_SCORES = ("maxsim", "partial_ot")
 # On the CPU the plans are solved a few captions at a time: every sweep reads the batch's kernel twice, and a
-# kernel that stays in the processor's cache sweeps several times faster than one streamed from memory. On a
+# kernel that stays in the processor's cache sweeps faster than one streamed from memory. On a
 # GPU one batch keeps the device busy and saves the per-solve host syncs.
 SOLVE_CHUNK_BYTES = 3 << 20
 

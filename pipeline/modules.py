@@ -1,7 +1,7 @@
 """The three trained modules of stage two (docs/method.md): f_g, f_v and the matching classifier f_c.
 
 Everything else (the text encoder, the ViT) is frozen and read from the cache, so these MLPs are the
-whole model: a few hundred thousand parameters that train in seconds per epoch on a CPU.
+whole model: a few hundred thousand parameters, small enough to train on a CPU.
 """
 from __future__ import annotations
 
@@ -44,7 +44,11 @@ class Matcher(nn.Module):
         return self.fc2(self.act(pre)).squeeze(-1)
 
 
-class GroundingModel(nn.Module):
+class StageTwoModules(nn.Module):
+    """The three modules stage two trains, together: f_g, f_v and f_c (what a checkpoint holds). Not an
+    encoder: the exported model that runs text through the frozen encoder and f_g is
+    grounded/hf_model.py's GroundedModel, which keeps f_g alone."""
+
     def __init__(self, d_t: int, d_v: int, d_g: int = 128, hidden: int = 512, layernorm: bool = True):
         super().__init__()
         self.dims = dict(d_t=d_t, d_v=d_v, d_g=d_g, hidden=hidden, layernorm=layernorm)

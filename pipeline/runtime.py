@@ -83,11 +83,11 @@ def keep_freed_memory() -> bool:
     Why: by default each allocation above the mmap threshold (128 KiB, adapting up to 32 MiB) is mapped
     fresh and unmapped on free, so every large activation tensor of every forward pass is paid for again in
     page faults, the kernel zeroing each 4 KiB page on first touch. Kept, a process settles within a few
-    batches into a heap that fits every temporary and stops faulting: eager float32 image extraction ran
-    1.3x faster on the 2-core CPU (bench/RESULTS.md, "Memory reuse", for every number). The price: resident memory
-    stays near its peak until the process exits, and that peak grows a little (heap holes are never given
-    back), which suits a batch job. PyTorch's CPU allocator goes through malloc, so this covers it. The
-    setting is per process: forked DataLoader workers inherit it, spawned processes do not.
+    batches into a heap that fits every temporary and stops faulting, so extraction runs faster
+    (bench/RESULTS.md, "Memory reuse"). The price: resident memory stays near its peak until the process
+    exits, and that peak grows a little (heap holes are never given back), which suits a batch job. PyTorch's
+    CPU allocator goes through malloc, so this covers it. The setting is per process: forked DataLoader
+    workers inherit it, spawned processes do not.
     Returns False where it does not apply (not Linux glibc, or another malloc preloaded), changing nothing.
     """
     if not sys.platform.startswith("linux"):

@@ -137,14 +137,14 @@ def test_alignment_pass_reads_format_2_end_to_end(tmp_path):
 
     from pipeline.config import resolve
     from pipeline.evaluation.alignment import alignment_pass, plan_settings
-    from pipeline.modules import GroundingModel
+    from pipeline.modules import StageTwoModules
     from pipeline.training.reader import SplitReader
     from stage2_fixtures import TINY_TRAIN, make_cache
 
     reader = SplitReader(make_cache(tmp_path / "cache") / "val", 1.0)
     config = resolve(None, TINY_TRAIN)
     torch.manual_seed(0)
-    model = GroundingModel(*reader.dims(), 8, 16, True).eval()
+    model = StageTwoModules(*reader.dims(), 8, 16, True).eval()
     # Each caption's first two tokens (characters 0-3 and 4-7) name the top-left shape; its third is non-visual.
     words = [{"start": 0, "end": 3, "text": "red", "kind": "colour", "class": "red"},
              {"start": 4, "end": 7, "text": "crimson", "kind": "colour", "class": "red", "held_out": True}]

@@ -14,7 +14,7 @@ from pipeline.downstream.fixtures import FOLDERS, write_all
 from pipeline.downstream.glue import TASKS
 from pipeline.encoders import load_text_encoder
 from pipeline.encoders.tiny import make_tiny_text_model
-from pipeline.modules import GroundingModel
+from pipeline.modules import StageTwoModules
 from pipeline.training.checkpoint import BEST, checkpoint_dir, save
 from stages import downstream
 
@@ -31,7 +31,7 @@ def world(tmp_path_factory):
     name = make_tiny_text_model(root / "tiny-bert")
     config = resolve(overrides=[f"extract.text_model={name}", "train.d_g=8", "train.hidden=16"])
     torch.manual_seed(0)
-    model = GroundingModel(d_t=32, d_v=16, d_g=8, hidden=16)
+    model = StageTwoModules(d_t=32, d_v=16, d_g=8, hidden=16)
     opt = torch.optim.AdamW(model.parameters())
     save(checkpoint_dir(root / "run") / BEST, model=model, optimizer=opt, generator=torch.Generator(), step=0,
          epoch=0, config=config, cache={}, best_val=0.0, bad_epochs=0)
@@ -134,7 +134,7 @@ def test_tuned_f_g_trains_a_copy(world):
     from pipeline.downstream.tasks import evaluate_glue
 
     cfg = resolve(overrides=["downstream.probe_epochs=2", "downstream.tune_fg=true", "downstream.max_length=32"])["downstream"]
-    f_g = GroundingModel(d_t=32, d_v=16, d_g=8, hidden=16).f_g
+    f_g = StageTwoModules(d_t=32, d_v=16, d_g=8, hidden=16).f_g
     before = {k: v.clone() for k, v in f_g.state_dict().items()}
     enc = load_text_encoder(world["model"], max_length=32)
     payload = evaluate_glue("rte", world["data"]["rte"], encoder=enc, grounding=f_g, cfg=cfg, mode="probe", seeds=1,

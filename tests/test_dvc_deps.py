@@ -281,6 +281,21 @@ def test_imports_follow_the_package_order_written_in_development_md():
     assert not upward, "imports against the order of docs/development.md:\n" + "\n".join(upward)
 
 
+def test_only_the_cache_opens_its_files():
+    """docs/development.md: the cache's files are opened only in `cache/`, so HDF5 is imported nowhere else in
+    the library (lazily neither)."""
+    outside = []
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        if package_of_file(path) == "cache":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n.split(".")[0] == "h5py" for n in names):
+                outside.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert outside == [], f"h5py imported outside pipeline/cache/: {outside}"
+
+
 # The entries themselves (these import the project).
 
 @pytest.mark.parametrize("name", sorted(load_stages()))

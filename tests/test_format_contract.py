@@ -8,7 +8,7 @@ import pytest
 from pipeline.cache import format as fmt
 from pipeline.cache.fingerprint import check_fingerprint
 from pipeline.errors import CacheError
-from pipeline.io.atomic import atomic_h5, write_json_atomic
+from pipeline.io.atomic import write_json_atomic
 from pipeline.io.hashing import digest, file_sha256
 
 
@@ -57,7 +57,7 @@ def test_same_inputs_give_identical_bytes(tmp_path):
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     final = tmp_path / "text" / "00000.h5"
     with pytest.raises(RuntimeError):
-        with atomic_h5(final) as f:
+        with fmt.atomic_h5(final) as f:
             f.create_dataset("x", data=np.zeros(3))
             raise RuntimeError("killed mid-write")
     assert not final.exists()

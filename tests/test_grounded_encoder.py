@@ -20,7 +20,7 @@ from pipeline.encoders.tiny import make_tiny_text_model
 from pipeline.grounded import GroundedEncoder
 from pipeline.grounded.export import export_run
 from pipeline.grounded.vectors import TokenFeatures, pool
-from pipeline.modules import GroundingModel
+from pipeline.modules import StageTwoModules
 from pipeline.training.checkpoint import BEST, checkpoint_dir, save
 from stages import downstream
 
@@ -36,7 +36,7 @@ def make_run(root: Path, text_model: str, *, layer: int, d_t: int, d_g: int = 8,
     config = resolve(overrides=[f"extract.text_model={text_model}", f"extract.text_layer={layer}",
                                 f"train.d_g={d_g}", f"train.hidden={hidden}"])
     torch.manual_seed(seed)
-    model = GroundingModel(d_t=d_t, d_v=12, d_g=d_g, hidden=hidden)
+    model = StageTwoModules(d_t=d_t, d_v=12, d_g=d_g, hidden=hidden)
     with torch.no_grad():  # LayerNorm starts at (1, 0); make it as non-trivial as the rest
         model.f_g[3].weight.normal_(1.0, 0.3)
         model.f_g[3].bias.normal_(0.0, 0.3)
@@ -101,7 +101,7 @@ def test_encode_returns_h_g_their_concatenation_mask_offsets_and_pooled(world):
     ids = out.input_ids[:1, : n_tokens[0]]
     with torch.no_grad():
         states = bert(input_ids=ids, output_hidden_states=True).hidden_states
-        f_g = GroundingModel(d_t=32, d_v=12, d_g=8, hidden=16)
+        f_g = StageTwoModules(d_t=32, d_v=12, d_g=8, hidden=16)
         f_g.load_state_dict(torch.load(checkpoint_dir(world["run"]) / BEST, weights_only=True)["model"])
         h = out.h[0, : n_tokens[0]]
         torch.testing.assert_close(h, states[1][0], rtol=1e-5, atol=1e-5)

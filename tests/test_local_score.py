@@ -9,7 +9,7 @@ from pipeline.errors import ConfigError
 from pipeline.local_score import (hardest_negatives, local_contrastive, maxsim_scores, partial_ot_contrastive,
                                   partial_ot_scores, transport_score)
 from pipeline.losses import token_contrastive
-from pipeline.modules import GroundingModel
+from pipeline.modules import StageTwoModules
 from pipeline.training.engine import forward_losses
 from pipeline.training.reader import SplitReader
 from pipeline.transport import ConvergenceTally, solve_plan
@@ -123,7 +123,7 @@ def test_the_partial_ot_term_trains_in_a_few_engine_steps(tmp_path, negatives):
     cfg = {**load_defaults()["train"], "local_score": "partial_ot", "local_negatives": negatives,
            "lambda_ot": 0.0, "patch_capacity": 4.0}
     d_t, d_v = reader.dims()
-    model = GroundingModel(d_t, d_v, 8, 16, True)
+    model = StageTwoModules(d_t, d_v, 8, 16, True)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     data = {k: (t.float() if k in ("h", "patches", "prefix") else t) for k, t in data.items()}
     local, tally = [], ConvergenceTally(cfg["ot_tol"])

@@ -8,7 +8,7 @@ import torch
 from pipeline.evaluation.metrics import (average_ranks, chance_recall, image_to_text_ranks, matching_accuracy,
                                          retrieval, roc_auc, text_to_image_ranks)
 from pipeline.evaluation.scoring import retrieval_ranks
-from pipeline.modules import GroundingModel
+from pipeline.modules import StageTwoModules
 
 
 def brute_auc(scores, labels):
@@ -84,7 +84,7 @@ def test_chance_levels():
 @pytest.mark.parametrize("block", [1, 3, 100])
 def test_blockwise_scoring_equals_the_full_matrix(block):
     torch.manual_seed(0)
-    model = GroundingModel(6, 5, d_g=4, hidden=8).eval()
+    model = StageTwoModules(6, 5, d_g=4, hidden=8).eval()
     t0, vbar = torch.randn(11, 10), torch.randn(7, 4)
     gold = np.array([0, 0, 1, 2, 3, 3, 3, 4, 5, 6, 6])
     with torch.no_grad():
@@ -114,7 +114,7 @@ def test_non_finite_scores_are_an_error_not_a_hit(scores):
 def test_non_finite_block_names_the_block_and_the_checkpoint():
     from pipeline.errors import DataError
     torch.manual_seed(0)
-    model = GroundingModel(6, 5, d_g=4, hidden=8).eval()
+    model = StageTwoModules(6, 5, d_g=4, hidden=8).eval()
     t0, vbar = torch.randn(11, 10), torch.randn(7, 4)
     t0[5, 0] = float("nan")                                # caption 5, in the second block of 3
     gold = np.array([0, 0, 1, 2, 3, 3, 3, 4, 5, 6, 6])

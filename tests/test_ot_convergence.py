@@ -10,7 +10,7 @@ import torch
 
 from pipeline.config import resolve
 from pipeline.evaluation.alignment import alignment_pass, plan_settings
-from pipeline.modules import GroundingModel
+from pipeline.modules import StageTwoModules
 from pipeline.training.fit import fit
 from pipeline.training.reader import SplitReader
 from pipeline.transport import ConvergenceTally, partial_ot, solve_plan
@@ -125,7 +125,7 @@ def test_evaluation_reports_convergence_beside_each_plan(cache, hard):
     reader = SplitReader(cache / "val", 1.0)
     d_t, d_v = reader.dims()
     torch.manual_seed(0)
-    model = GroundingModel(d_t, d_v, 8, 16, True).eval()
+    model = StageTwoModules(d_t, d_v, 8, 16, True).eval()
     grounding = {cid: [{"start": 0, "end": 3, "text": "x", "box": [0, 0, 32, 32]}] for cid in reader.caption_ids}
     settings = plan_settings(config["train"])
     common = plan_settings(config["train"], config["evaluate"]["common"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.errors import CacheError, ConfigError
-from pipeline.modules import GroundingModel
+from pipeline.modules import StageTwoModules
 from pipeline.training.reader import SplitReader, epoch_loader, image_subset
 from stage2_fixtures import make_split
 
@@ -115,8 +115,8 @@ def test_open_handles_never_travel_to_a_worker(split):
 
 def test_global_image_token_is_cls_or_patch_mean():
     patches, prefix = torch.randn(2, 5, 3), torch.randn(2, 2, 3)
-    assert torch.equal(GroundingModel.global_token(prefix, patches, class_token=True), prefix[:, 0])
-    assert torch.allclose(GroundingModel.global_token(prefix[:, :0], patches, class_token=False), patches.mean(1))
+    assert torch.equal(StageTwoModules.global_token(prefix, patches, class_token=True), prefix[:, 0])
+    assert torch.allclose(StageTwoModules.global_token(prefix[:, :0], patches, class_token=False), patches.mean(1))
 
 
 # ----------------------------------------------------------------------------- bad caches

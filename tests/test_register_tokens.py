@@ -13,7 +13,7 @@ from pipeline.cache.format import load_images
 from pipeline.cache.info import cache_info
 from pipeline.cache.verify import verify_cache
 from pipeline.encoders.tiny import TINY_IMAGE_MODEL, TINY_IMAGE_SIZE
-from pipeline.modules import GroundingModel
+from pipeline.modules import StageTwoModules
 from pipeline.training.reader import SplitReader, epoch_loader
 from stage2_fixtures import TINY_TRAIN
 from stages.cache_tools import app as cache_app
@@ -58,7 +58,7 @@ def first_batch_p0(split, budget: float):
     reader = SplitReader(split, memory_budget_gb=budget)
     batch = next(iter(epoch_loader(reader, 8, seed=None)))
     prefix, patches = batch["prefix"].float(), batch["patches"].float()
-    return reader, prefix, patches, GroundingModel.global_token(prefix, patches, class_token=reader.class_token)
+    return reader, prefix, patches, StageTwoModules.global_token(prefix, patches, class_token=reader.class_token)
 
 
 def test_register_only_cache_records_it_and_verifies(registers_only):
@@ -135,13 +135,13 @@ def test_training_and_evaluation_use_the_patch_mean(tmp_path, tiny, data, regist
     assert r.exit_code == 0, r.output
 
     seen = []
-    real = GroundingModel.global_token
+    real = StageTwoModules.global_token
 
     def spy(prefix, patches, *, class_token):
         seen.append(class_token)
         return real(prefix, patches, class_token=class_token)
 
-    monkeypatch.setattr(GroundingModel, "global_token", staticmethod(spy))
+    monkeypatch.setattr(StageTwoModules, "global_token", staticmethod(spy))
     config = resolve(None, TINY_TRAIN + ["train.epochs=1", "train.device=cpu"])
     config["extract"].update(text_model=tiny, image_model=REGISTERS_ONLY, image_size=TINY_IMAGE_SIZE, max_length=16)
     summary = fit(config, cache, tmp_path / "run", log=lambda *_: None)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipeline.evaluation.scoring import encode_split
-from pipeline.modules import GroundingModel
+from pipeline.modules import StageTwoModules
 from pipeline.training.reader import SplitReader
 from stage2_fixtures import D_T, D_V, make_split
 
@@ -15,7 +15,7 @@ def test_encode_split_pairs_every_caption_with_its_own_images_row(tmp_path, budg
     data = make_split(tmp_path / "s", n_images=9, captions_per_image=3, shard_size=5)   # several shards each
     reader = SplitReader(tmp_path / "s", memory_budget_gb=budget)
     torch.manual_seed(0)
-    model = GroundingModel(D_T, D_V, d_g=4, hidden=8).eval()
+    model = StageTwoModules(D_T, D_V, d_g=4, hidden=8).eval()
     t0, vbar, gold = encode_split(model, reader, block=2, device="cpu")
     # data["image_ids"] is per caption (the image each caption names); the split holds 9 images.
     assert len(t0) == len(data["caption_ids"]) and len(vbar) == reader.num_images == 9

@@ -72,11 +72,11 @@ def test_retrieval_ranks_are_the_same_with_the_scores_kept_or_recomputed(fixture
     import torch
 
     from pipeline.evaluation import scoring
-    from pipeline.modules import GroundingModel
+    from pipeline.modules import StageTwoModules
 
     reader = SplitReader(fixture_split, memory_budget_gb=0.0)
     torch.manual_seed(0)
-    model = GroundingModel(8, 12, 4, 16, True).eval()
+    model = StageTwoModules(8, 12, 4, 16, True).eval()
     t0, vbar, gold = scoring.encode_split(model, reader, 5, torch.device("cpu"))
     kept = scoring.retrieval_ranks(model, t0, vbar, gold, 5)
     monkeypatch.setattr(scoring, "KEEP_SCORES_BYTES", 0)            # the second pass recomputes

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.config import resolve
 from pipeline.errors import TrainingError
-from pipeline.modules import GroundingModel
+from pipeline.modules import StageTwoModules
 from pipeline.training import checkpoint as ckpt
 from pipeline.training import engine, load_run
 from pipeline.training.fit import fit
@@ -129,7 +129,7 @@ def test_step_losses_follow_the_knobs(cache):
     reader = SplitReader(cache / "train")
     batch = next(iter(epoch_loader(reader, 8, seed=None)))
     batch = engine.to_device(batch, torch.device("cpu"))
-    model = GroundingModel(16, 12, 8, 16)
+    model = StageTwoModules(16, 12, 8, 16)
     base = resolve(None, TINY_TRAIN)["train"]
 
     def losses(**changes):

@@ -29,21 +29,25 @@ Image shard datasets (N images, m patches, P prefix tokens):
          out under --on-error skip: file, item, image_id, reason); class_token = 0 only when the prefix
          holds registers but no class token (absent, as in every older cache: CLS first when P > 0).
 
-Every shard is written to a temporary file in the same folder and renamed into place
-(`pipeline/io/atomic.py::atomic_h5`):
-a shard under its final name is complete. Bytes are deterministic (no timestamps, fixed chunking), so
-the same inputs give identical files and DVC sees no change.
+Every shard is built in memory and written to a temporary file in the same folder, then renamed into
+place (`atomic_h5`): a shard under its final name is complete. Bytes are deterministic (no timestamps,
+fixed chunking), so the same inputs give identical files and DVC sees no change.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
 
 from pipeline.errors import CacheError
-from pipeline.io.atomic import atomic_h5
+from pipeline.io.atomic import write_bytes_atomic
+from pipeline.io.disk import full_disk_as_error
 from pipeline.io.jsonio import read_json
 
 FORMAT_VERSION = 1
@@ -181,6 +185,64 @@ def dataset_layout(path: Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
         raise CacheError(f"file {path}: cannot read dataset {name!r} ({e})") from e
 
 
+def shard_counts(path: Path, modality: str) -> dict:
+    """What the manifest records of one shard besides its checksum: its items and dimensions."""
+    with h5py.File(path, "r") as f:
+        if modality == "text":
+            return {"count": int(f["caption_ids"].shape[0]), "tokens": int(f["states"].shape[0]),
+                    "truncated": int(np.count_nonzero(f["truncated"][()])), "dim": int(f["states"].shape[1])}
+        out = {"count": int(f["image_ids"].shape[0]), "skipped": len(json.loads(f.attrs.get("skipped", "[]"))),
+               "patches": int(f["patches"].shape[1]), "prefix": int(f["prefix"].shape[1]),
+               "dim": int(f["patches"].shape[2]), "grid": [int(f.attrs["grid_h"]), int(f.attrs["grid_w"])]}
+        if "class_token" in f.attrs:  # registers alone; absent otherwise, so older manifests keep their bytes
+            out["class_token"] = False
+        return out
+
+
+def shard_records(path: Path, attr: str) -> list[dict]:
+    """The JSON list of records an image shard keeps in attribute `attr` ([] when it keeps none)."""
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs.get(attr, "[]"))
+
+
+class OpenShards(dict):
+    """Shard files held open for reading rows on demand, by path. HDF5 handles do not survive fork or
+    pickling: a forked process (a DataLoader worker) opens its own on first use, and a pickled copy (what
+    a spawned worker receives) starts empty."""
+
+    def __init__(self):
+        super().__init__()
+        self.pid = os.getpid()
+
+    def __reduce__(self):
+        return OpenShards, ()
+
+    def _file(self, path: Path) -> h5py.File:
+        if self.pid != os.getpid():   # a forked process: the parent's handles are not usable here
+            self.clear()
+            self.pid = os.getpid()
+        if path not in self:
+            try:
+                self[path] = h5py.File(path, "r")
+            except OSError as e:
+                raise CacheError(f"file {path}: cannot open shard ({e})") from e
+        return self[path]
+
+    def rows(self, path: Path, names: tuple[str, ...], index) -> tuple[np.ndarray, ...]:
+        """The datasets `names` of one shard at `index` along the first axis: a slice, or increasing
+        indices (HDF5 gathers need them sorted)."""
+        f = self._file(path)
+        try:
+            return tuple(f[n][index] for n in names)
+        except (OSError, KeyError) as e:
+            raise CacheError(f"file {path}: cannot read rows of {', '.join(names)} ({e})") from e
+
+    def row_nbytes(self, path: Path, names: tuple[str, ...]) -> int:
+        """Bytes of one row of the datasets `names` together, as stored."""
+        f = self._file(path)
+        return sum(int(np.prod(f[n].shape[1:])) * f[n].dtype.itemsize for n in names)
+
+
 def load_text(split_dir: Path) -> TextSplit:
     manifest = open_manifest(split_dir)
     names = ("states", "offsets", "token_ids", "char_spans", "caption_ids", "image_ids", "truncated")
@@ -222,6 +284,23 @@ def load_images(split_dir: Path) -> ImageSplit:
 
 
 # ----------------------------------------------------------------------------- writing one shard
+
+@contextlib.contextmanager
+def atomic_h5(final: Path) -> Iterator[h5py.File]:
+    """The HDF5 file is built in memory (HDF5's core driver, no backing file) and its bytes written by
+    write_bytes_atomic: HDF5 never writes to disk itself, so a full disk is a DiskFullError, not pages of
+    HDF5 errors ending in a segfault. The core driver lays out the same bytes as a file on disk."""
+    final = Path(final)
+    with full_disk_as_error(final.parent, what=f"the folder of {final.name}"):
+        final.parent.mkdir(parents=True, exist_ok=True)
+    # libver pinned and no timestamps: identical inputs -> identical bytes.
+    with h5py.File(final.name, "w", driver="core", backing_store=False, libver=("earliest", "v110"),
+                   track_order=False) as f:
+        yield f
+        f.flush()
+        image = f.id.get_file_image()
+    write_bytes_atomic(final, image)
+
 
 def write_text_shard(path: Path, *, states: list[np.ndarray], token_ids: list[np.ndarray],
                      char_spans: list[np.ndarray], caption_ids: list[str], image_ids: list[str],

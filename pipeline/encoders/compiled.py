@@ -1,12 +1,12 @@
 """torch.compile for the frozen image encoder: one fixed batch shape, weights frozen into the graph.
 
-Why: on the CPU the eager ViT spends ~30% of its time outside the matmul kernels (profile in bench/RESULTS.md):
+Why: on the CPU the eager ViT spends much of its time outside the matmul kernels (profile in bench/RESULTS.md):
 addmm first copies the bias into its output, GELU, LayerNorm, layer scale and residual adds each make a
 pass over memory. Inductor fuses those passes, and with `freezing` it treats the weights as constants,
 so every Linear becomes a prepacked MKL / oneDNN kernel with its bias (and GELU) fused.
 
-Why one shape: a new batch size means a new compilation (tens of seconds on a small CPU, and frozen
-graphs bypass Inductor's on-disk cache), so the encoder pads the last, short batch of a shard up to the
+Why one shape: a new batch size means a new compilation (costly on a CPU, and frozen graphs bypass
+Inductor's on-disk cache), so the encoder pads the last, short batch of a shard up to the
 batch size it compiled for and drops the padded rows.
 
 Compilation runs once, at load time, on a zero batch: if it fails (no C++ compiler, an operator Inductor
@@ -24,7 +24,7 @@ COMPILED = "inductor-frozen"  # what the encoder fingerprint records for a compi
 
 def _frozen():
     # A global Inductor flag, read when a graph is compiled; `torch.compile(options={"freezing": True})`
-    # is not honoured (measured: weights stayed graph inputs), so it is patched around each call instead.
+    # is not honoured (the weights stay graph inputs), so it is patched around each call instead.
     import torch._inductor.config as inductor_config
 
     return inductor_config.patch(freezing=True)

@@ -27,7 +27,7 @@ import torch
 
 from pipeline.encoders.compiled import COMPILED, compile_forward, in_fixed_batches
 from pipeline.encoders.flops import counted_flops, is_plain_vit, vit_flops
-from pipeline.encoders.hashing import state_dict_sha256
+from pipeline.encoders.weights_hash import state_dict_sha256
 from pipeline.encoders.offline import IMAGE_NAMES, dinov2_weights, hub_hint
 from pipeline.encoders.preprocess import Preprocess
 from pipeline.errors import ConfigError
@@ -116,7 +116,7 @@ class ImageEncoder:
         self._flops: float | None = None
         self.batch_size, self._compiled = int(batch_size), None  # eager until compiled, below
         # Reduced precision by casting the weights: autocast re-casts every Linear's weights and inputs
-        # on every call (~20% of a bf16 forward on the CPU, measured) and runs GELU and norms in float32.
+        # on every call and runs GELU and norms in float32.
         self.weights_dtype = torch_dtype(compute_dtype) if cast_weights and compute_dtype != "float32" else None
         if self.weights_dtype is not None:
             self.weights_sha256()  # the hash names the float32 weights the model was loaded with

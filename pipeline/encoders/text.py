@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.encoders.hashing import state_dict_sha256, text_sha256
 from pipeline.encoders.offline import hub_hint, resolve_text_name
+from pipeline.encoders.weights_hash import state_dict_sha256
 from pipeline.errors import ConfigError
+from pipeline.io.hashing import text_sha256
 from pipeline.runtime import autocast, pick_device
 
 

@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised encoders for tests: real code paths, milliseconds per batch, fixed weights.
+"""Tiny, randomly initialised encoders for tests: real code paths, cheap batches, fixed weights.
 
 Weights are created under a fixed seed, so two runs (two machines) produce identical models and
 therefore identical caches; none of these need a network.

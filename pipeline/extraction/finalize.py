@@ -9,13 +9,9 @@ so that re-extracting identical bytes is not a change for DVC.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
-import h5py
-import numpy as np
-
-from pipeline.cache.format import MANIFEST, REPORT, RUN_LOG, missing_shards
+from pipeline.cache.format import MANIFEST, REPORT, RUN_LOG, missing_shards, shard_counts, shard_records
 from pipeline.extraction import distributed
 from pipeline.extraction.distributed import World
 from pipeline.io.atomic import write_json_atomic
@@ -25,19 +21,7 @@ from pipeline.io.hashing import file_sha256
 def describe_shard(split_dir: Path, modality: str, entry: dict) -> dict:
     """Checksum and counts of one shard on disk."""
     path = Path(split_dir) / entry["file"]
-    out = {"sha256": file_sha256(path)}
-    with h5py.File(path, "r") as f:
-        if modality == "text":
-            out.update(count=int(f["caption_ids"].shape[0]), tokens=int(f["states"].shape[0]),
-                       truncated=int(np.count_nonzero(f["truncated"][()])), dim=int(f["states"].shape[1]))
-        else:
-            skipped = json.loads(f.attrs.get("skipped", "[]"))
-            out.update(count=int(f["image_ids"].shape[0]), skipped=len(skipped),
-                       patches=int(f["patches"].shape[1]), prefix=int(f["prefix"].shape[1]),
-                       dim=int(f["patches"].shape[2]), grid=[int(f.attrs["grid_h"]), int(f.attrs["grid_w"])])
-            if "class_token" in f.attrs:  # registers alone; absent otherwise, so older manifests keep their bytes
-                out["class_token"] = False
-    return out
+    return {"sha256": file_sha256(path), **shard_counts(path, modality)}
 
 
 def describe_all(split_dir: Path, plan: dict, world: World) -> dict:
@@ -73,8 +57,7 @@ def skipped_images(split_dir: Path, plan: dict, attr: str = "skipped") -> list[d
     for entry in plan["shards"].get("image", []):
         path = Path(split_dir) / entry["file"]
         if path.exists():
-            with h5py.File(path, "r") as f:
-                out += json.loads(f.attrs.get(attr, "[]"))
+            out += shard_records(path, attr)
     return out
 
 

@@ -3,7 +3,7 @@
 With num_workers=0 (the default) the main process decodes (`load_rgb`) and preprocesses each batch just
 before encoding it, on a pool of as many threads as torch uses (Pillow and numpy release the GIL): on a
 CPU the encoder already keeps every core busy, and worker processes decoding beside it only preempt its
-threads, which then wait for each other at every operator (measured on 2 cores: bench/RESULTS.md). With
+threads, which then wait for each other at every operator (bench/RESULTS.md). With
 num_workers > 0, DataLoader workers decode while the main process runs the encoder, so a GPU need not wait
 for JPEG decoding. A bad image does not kill a worker: the worker returns the
 DataError as data and the main process applies the --on-error policy, so 'fail' stops with the

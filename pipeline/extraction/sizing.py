@@ -26,7 +26,7 @@ from pipeline.io.disk import free_bytes
 from pipeline.io.jsonio import read_json
 
 CHUNK_ROWS = 1024           # cache.format.put's default chunking along the first axis
-BTREE_ENTRY_BYTES = 56      # HDF5 v1 B-tree bytes per chunk beyond the probe's (measured: 1000-image shards)
+BTREE_ENTRY_BYTES = 56      # HDF5 v1 B-tree bytes per chunk that the probe's few chunks do not show
 PROBE_ITEMS = 8
 JSON_BYTES = 4096           # plan.json, manifest.json, report.json, run.json of a small split (grows per shard)
 JSON_BYTES_PER_SHARD = 600   # an entry in plan.json and a longer one in manifest.json

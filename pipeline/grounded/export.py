@@ -27,7 +27,7 @@ from typing import Iterator
 
 import torch
 
-from pipeline.encoders.hashing import state_dict_sha256
+from pipeline.encoders.weights_hash import state_dict_sha256
 from pipeline.errors import ConfigError, ExportError
 from pipeline.grounded.encoder import GroundedEncoder, load_run_encoder
 from pipeline.grounded.hf_model import build, f_g_fields

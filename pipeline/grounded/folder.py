@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.encoders.hashing import state_dict_sha256
+from pipeline.encoders.weights_hash import state_dict_sha256
 from pipeline.errors import ExportError
 from pipeline.grounded.hf_model import FORMAT_VERSION, MODEL_TYPE, GroundedConfig, GroundedModel
 from pipeline.grounded.vectors import POOLINGS

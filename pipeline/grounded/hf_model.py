@@ -6,8 +6,8 @@ returns `GroundedModelOutput`: `last_hidden_state` = [h; g] per token, `h`, `g` 
 pooling). `save_pretrained` writes both modules into one model.safetensors (`text_model.*`, `f_g.*`) beside
 config.json, and `from_pretrained` reads them back with no network and no `trust_remote_code`: the classes
 are this package's, registered with AutoConfig/AutoModel on import. GroundedEncoder (encoder.py) tokenises
-texts, batches them by length and calls this forward; the training-time model of all three MLPs is
-modules.GroundingModel, which this is not.
+texts, batches them by length and calls this forward. modules.StageTwoModules, the three MLPs stage two
+trains (f_g, f_v, f_c), is another thing: the export keeps only its f_g.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ AutoModel.register(GroundedConfig, GroundedModel, exist_ok=True)
 
 
 def f_g_fields(dims: dict) -> dict:
-    """GroundedConfig's f_g fields from a checkpoint's `dims` (modules.GroundingModel.dims): the shape
+    """GroundedConfig's f_g fields from a checkpoint's `dims` (modules.StageTwoModules.dims): the shape
     f_g was built with, not one read back from its layers."""
     return {"d_t": int(dims["d_t"]), "fg_hidden": int(dims["hidden"]), "d_g": int(dims["d_g"]),
             "fg_layernorm": bool(dims["layernorm"])}

@@ -10,12 +10,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from pipeline.io.disk import ensure_room, full_disk_as_error
-
-if TYPE_CHECKING:
-    import h5py
 
 
 @contextlib.contextmanager
@@ -52,25 +49,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 def write_json_atomic(path: Path, obj) -> None:
     """Indented, keys sorted, newline-terminated: the same object always gives the same bytes."""
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-@contextlib.contextmanager
-def atomic_h5(final: Path) -> Iterator[h5py.File]:
-    """The HDF5 file is built in memory (HDF5's core driver, no backing file) and its bytes written by
-    write_bytes_atomic: HDF5 never writes to disk itself, so a full disk is a DiskFullError, not pages of
-    HDF5 errors ending in a segfault. The core driver lays out the same bytes as a file on disk."""
-    import h5py  # here, so that writing JSON (config.json at every command's start) does not load HDF5
-
-    final = Path(final)
-    with full_disk_as_error(final.parent, what=f"the folder of {final.name}"):
-        final.parent.mkdir(parents=True, exist_ok=True)
-    # libver pinned and no timestamps: identical inputs -> identical bytes.
-    with h5py.File(final.name, "w", driver="core", backing_store=False, libver=("earliest", "v110"),
-                   track_order=False) as f:
-        yield f
-        f.flush()
-        image = f.id.get_file_image()
-    write_bytes_atomic(final, image)
 
 
 def remove_temporaries(*folders: Path) -> list[Path]:

@@ -1,8 +1,8 @@
 """Free space, and a full disk as one clear error.
 
 A write that does not fit must end in a `DiskFullError` naming the folder, the bytes the write needed and the
-bytes free, never in a library's traceback: h5py writing onto a full disk printed pages of them and then
-segfaulted. So our files are built in memory first (atomic.atomic_h5, checkpoints, figures), their
+bytes free, never in a library's traceback: HDF5 writing onto a full disk prints pages of them and can
+segfault. So our files are built in memory first (cache.format.atomic_h5, checkpoints, figures), their
 size is known before the first byte is written, and a write that cannot fit is refused before it starts.
 ENOSPC or EDQUOT from a write that was expected to fit (another process filled the disk meanwhile) becomes
 the same error.

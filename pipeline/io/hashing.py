@@ -1,4 +1,5 @@
-"""Content hashes: of a JSON-able object (fingerprints, keys) and of a file (shards, weights)."""
+"""Content hashes: of a JSON-able object (fingerprints, keys), of a text and of a file (shards, weights). The hash
+of a torch module's weights is encoders/weights_hash.py's (it needs torch)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,10 @@ from pathlib import Path
 def digest(obj) -> str:
     """sha256 of a JSON-able object in canonical form."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def file_sha256(path: Path, block: int = 1 << 20) -> str:

@@ -23,7 +23,7 @@ import torch
 from pipeline.cache.fingerprint import fingerprint_diff
 from pipeline.errors import TrainingError
 from pipeline.io.atomic import write_bytes_atomic
-from pipeline.modules import GroundingModel
+from pipeline.modules import StageTwoModules
 
 LAST, BEST = "last.pt", "best.pt"
 # Keys that may change when a run is resumed: they decide how long or where it runs, not what it learns.
@@ -34,7 +34,7 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save(path: Path, *, model: GroundingModel, optimizer, generator: torch.Generator, step: int, epoch: int,
+def save(path: Path, *, model: StageTwoModules, optimizer, generator: torch.Generator, step: int, epoch: int,
          config: dict, cache: dict, best_val: float, bad_epochs: int) -> None:
     payload = {"model": model.state_dict(), "dims": dict(model.dims), "optimizer": optimizer.state_dict(),
                "generator": generator.get_state(), "step": int(step), "epoch": int(epoch), "config": config,
@@ -67,13 +67,13 @@ def check_compatible(checkpoint: dict, config: dict, cache: dict, path: Path) ->
                             f"differ: {', '.join(diffs[:8])}. Use another --out folder, or --no-resume to start over.")
 
 
-def build_model(checkpoint: dict) -> GroundingModel:
-    model = GroundingModel(**checkpoint["dims"])
+def build_model(checkpoint: dict) -> StageTwoModules:
+    model = StageTwoModules(**checkpoint["dims"])
     model.load_state_dict(checkpoint["model"])
     return model
 
 
-def load_run(run_dir: Path, which: str = BEST, map_location="cpu") -> tuple[GroundingModel, dict]:
+def load_run(run_dir: Path, which: str = BEST, map_location="cpu") -> tuple[StageTwoModules, dict]:
     """The trained model (in eval mode) and the resolved configuration of a run directory.
 
     `which` is best.pt (lowest validation loss, the default) or last.pt. Downstream code takes

@@ -14,7 +14,7 @@ from pipeline.cache.staleness import check_against_config, check_same_cache, ide
 from pipeline.config import save_resolved
 from pipeline.errors import TrainingError
 from pipeline.io.atomic import atomic_path
-from pipeline.modules import GroundingModel
+from pipeline.modules import StageTwoModules
 from pipeline.runtime import pick_device, seed_everything
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.engine import evaluate_loss, train_one_epoch
@@ -113,7 +113,7 @@ def _fit(config: dict, cache_root: Path, out_dir: Path, resume: bool, log, epoch
     cache_id = identity(train_reader.fingerprint)
     d_t, d_v = train_reader.dims()
 
-    model = GroundingModel(d_t, d_v, cfg["d_g"], cfg["hidden"], cfg["layernorm"]).to(device)
+    model = StageTwoModules(d_t, d_v, cfg["d_g"], cfg["hidden"], cfg["layernorm"]).to(device)
     optimizer = make_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(cfg["seed"])   # negatives; saved so a resume draws the same
     steps_per_epoch = len(train_reader.plan(cfg["batch_size"], None))

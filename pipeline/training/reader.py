@@ -9,26 +9,25 @@ and of image shards.
 
 Captions join their image by row index, and a batch holds each of its unique images once, however
 many of its captions share it. Token states are padded per batch to the batch's longest caption.
-h5py handles do not survive fork, so files are opened on first use in each process (DataLoader worker).
+Rows are read through the cache's `OpenShards`, which opens each file on first use in each process
+(DataLoader worker).
 `class_token` says whether each image's prefix starts with a class token, which stage two takes as p_0
 (a split-wide property of the encoder, read once from the shards, not carried by every batch).
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import queue
 import threading
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.cache.finite import check_image_rows, check_text_states
-from pipeline.cache.format import (check_shards_agree, decode_ids, open_manifest, prefix_has_class_token,
-                                   read_shard as _read_shard, shard_files)
+from pipeline.cache.format import (OpenShards, check_shards_agree, dataset_layout, decode_ids, open_manifest,
+                                   prefix_has_class_token, read_shard, shard_files)
 from pipeline.errors import CacheError, ConfigError
 
 TEXT_META = ("offsets", "caption_ids", "image_ids")
@@ -80,8 +79,7 @@ class SplitReader:
                              f"cache ({len(missing)} such captions)")
         self.caption_image = np.array([rows[i] for i in self.caption_image_ids], dtype=np.int64)
         self.caption_keep = None   # keep_images: the captions epoch plans draw from (None: all)
-        self._handles: dict = {}
-        self._pid = None
+        self._handles = OpenShards()
         self._block = None   # streaming: (first row, end row, patches, prefix) of the current text shard's images
 
     # ------------------------------------------------------------------------- loading
@@ -93,15 +91,15 @@ class SplitReader:
         # Epoch plans follow the files' shards even in memory (caption_file_shard, from the metadata):
         # otherwise the same seed would give other batches (other negatives, another training run)
         # depending on whether the split fits the budget.
-        text = [_read_shard(p, ("offsets",)) for p in self.text_files]
+        text = [read_shard(p, ("offsets",)) for p in self.text_files]
         tokens = [int(t["offsets"][-1]) for t in text]
-        with h5py.File(self.text_files[0], "r") as f:
-            d_t, dtype = f["states"].shape[1], f["states"].dtype
+        shape, dtype = dataset_layout(self.text_files[0], "states")
+        d_t = shape[1]
         merged = {"states": np.empty((sum(tokens), d_t), dtype), "token_ids": np.empty(sum(tokens), np.int32),
                   "char_spans": np.empty((sum(tokens), 2), np.int32)}
         offsets, row = [np.zeros(1, np.int64)], 0
         for path, n in zip(self.text_files, tokens):
-            part = _read_shard(path, TEXT_DATA)
+            part = read_shard(path, TEXT_DATA)
             if int(part["offsets"][-1]) != n or len(part["states"]) != n:
                 raise CacheError(f"file {path}: the shard's offsets disagree with its token states")
             check_text_states(path, part["states"], part["offsets"])
@@ -117,7 +115,7 @@ class SplitReader:
         self.caption_local = np.arange(len(self.caption_ids), dtype=np.int64)
         patches = prefix = None
         for s, path in enumerate(self.image_files):
-            part = _read_shard(path, ("patches", "prefix"))
+            part = read_shard(path, ("patches", "prefix"))
             check_image_rows(path, part["patches"], part["prefix"])
             if patches is None:
                 patches = np.empty((self.num_images,) + part["patches"].shape[1:], part["patches"].dtype)
@@ -131,7 +129,7 @@ class SplitReader:
     def _load_metadata(self) -> None:
         self.caption_ids, self.caption_image_ids, shard_of, local = [], [], [], []
         for s, path in enumerate(self.text_files):
-            meta = _read_shard(path, TEXT_META)
+            meta = read_shard(path, TEXT_META)
             n = len(meta["offsets"]) - 1
             self.caption_ids += decode_ids(meta["caption_ids"])
             self.caption_image_ids += decode_ids(meta["image_ids"])
@@ -147,7 +145,7 @@ class SplitReader:
             raise CacheError(f"file {self.split_dir}: the split has no images")
         self.image_ids, sizes, counts, attrs = [], [], [], []
         for path in self.image_files:
-            meta = _read_shard(path, ("image_ids", "sizes"))
+            meta = read_shard(path, ("image_ids", "sizes"))
             self.image_ids += decode_ids(meta["image_ids"])
             sizes.append(meta["sizes"])
             counts.append(len(meta["sizes"]))
@@ -161,25 +159,15 @@ class SplitReader:
         self.image_local = np.arange(starts[-1]) - starts[self.image_shard]
         self.patches = self.prefix = None
 
-    def _h5(self, path: Path) -> h5py.File:
-        if self._pid != os.getpid():   # a forked worker: the parent's handles are not usable here
-            self._handles, self._pid = {}, os.getpid()
-        if path not in self._handles:
-            try:
-                self._handles[path] = h5py.File(path, "r")
-            except OSError as e:
-                raise CacheError(f"file {path}: cannot open shard ({e})") from e
-        return self._handles[path]
-
-    def __getstate__(self):   # what a spawned worker receives: never the open handles, nor an image block
+    def __getstate__(self):   # what a spawned worker receives: no image block (OpenShards pickles empty)
         state = dict(self.__dict__)
-        state["_handles"], state["_pid"], state["_block"] = {}, None, None
+        state["_block"] = None
         return state
 
     def text_shard(self, s: int) -> dict:
         if self.text_shards[s] is not None:
             return self.text_shards[s]
-        part = _read_shard(self.text_files[s], TEXT_DATA)
+        part = read_shard(self.text_files[s], TEXT_DATA)
         check_text_states(self.text_files[s], part["states"], part["offsets"])
         return part
 
@@ -202,18 +190,13 @@ class SplitReader:
             span = np.flatnonzero(self.image_shard[lo:hi] == s) + lo
             a, b = int(self.image_local[span[0]]), int(self.image_local[span[-1]]) + 1
             path = self.image_files[s]
-            try:
-                f = self._h5(path)
-                pa, pr = f["patches"][a:b], f["prefix"][a:b]
-            except (OSError, KeyError) as e:
-                raise CacheError(f"file {path}: cannot read image rows ({e})") from e
+            pa, pr = self._handles.rows(path, ("patches", "prefix"), slice(a, b))
             check_image_rows(path, pa, pr, np.arange(a, b))
             parts.append((pa, pr))
         self._block = (lo, hi, np.concatenate([p for p, _ in parts]), np.concatenate([r for _, r in parts]))
 
     def _image_row_bytes(self) -> int:
-        f = self._h5(self.image_files[0])
-        return int(np.prod(f["patches"].shape[1:]) + np.prod(f["prefix"].shape[1:])) * f["patches"].dtype.itemsize
+        return self._handles.row_nbytes(self.image_files[0], ("patches", "prefix"))
 
     def image_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """patches (U, m, d_v) and prefix (U, P, d_v) of the given global image rows."""
@@ -226,13 +209,9 @@ class SplitReader:
         for s in np.unique(self.image_shard[rows]):
             take = np.flatnonzero(self.image_shard[rows] == s)
             local = self.image_local[rows[take]]
-            order = np.argsort(local)                    # h5py gathers need increasing indices
+            order = np.argsort(local)                    # HDF5 gathers need increasing indices
             path = self.image_files[s]
-            try:
-                f = self._h5(path)
-                pa, pr = f["patches"][local[order]], f["prefix"][local[order]]
-            except (OSError, KeyError) as e:
-                raise CacheError(f"file {path}: cannot read image rows ({e})") from e
+            pa, pr = self._handles.rows(path, ("patches", "prefix"), local[order])
             check_image_rows(path, pa, pr, local[order])
             for j, t in enumerate(take[order]):
                 patches[t], prefix[t] = pa[j], pr[j]
@@ -274,8 +253,9 @@ class SplitReader:
         """(d_t, d_v) of the cached features."""
         if self.in_memory:
             return self.text_shards[0]["states"].shape[1], self.patches.shape[2]
-        with h5py.File(self.text_files[0], "r") as t, h5py.File(self.image_files[0], "r") as i:
-            return t["states"].shape[1], i["patches"].shape[2]
+        (_, d_t), _ = dataset_layout(self.text_files[0], "states")
+        (_, _, d_v), _ = dataset_layout(self.image_files[0], "patches")
+        return d_t, d_v
 
     def plan(self, batch_size: int, seed: int | None) -> list[np.ndarray]:
         """Caption indices of each batch of an epoch: shards in a random order, captions shuffled within
@@ -412,9 +392,8 @@ def in_plan_order(tagged, stats: dict | None = None):
 
 def prefetch(iterable, depth: int = 2):
     """Produce the next `depth` items in a background thread, so file reads overlap the training step
-    as far as the GIL allows when there are no worker processes. Measured on the default cache
-    streamed with lambda = 0 (the fastest steps): 32% of the epoch waiting for data with this thread,
-    8.5% with train.num_workers = 2; with the OT on, 2%.
+    as far as the GIL allows when there are no worker processes (train.num_workers hides more of them:
+    bench/RESULTS.md).
 
     The consumer may stop early (an exception in the training step, a `break`): closing or dropping its
     generator sets `stop`, and the producer, which waits on a full queue only a moment at a time, then
@@ -460,7 +439,7 @@ def prefetch(iterable, depth: int = 2):
     finally:
         stop.set()
         # Wait for the read in progress (at most one batch, or one text shard and its images): a process that
-        # exits while this thread is inside h5py can crash in HDF5's teardown.
+        # exits while this thread is inside HDF5 can crash in HDF5's teardown.
         thread.join(timeout=30)
 
 

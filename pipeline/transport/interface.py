@@ -28,7 +28,7 @@ def _pot_entropic(*args, **kwargs):
 
 SOLVERS = {
     "sinkhorn": partial_ot,              # the fast batched solver (CPU or CUDA)
-    # The same, its sweeps through torch.compile: 2-3x faster once compiled (a few seconds per process
+    # The same, its sweeps through torch.compile: faster once compiled (compiling costs time in every process
     # and shape family); falls back to "sinkhorn" with a warning where compilation is not possible.
     "sinkhorn-compiled": functools.partial(partial_ot, compiled=True),
     "pot-exact": _pot_exact,             # POT's network simplex per pair, epsilon ignored

@@ -40,13 +40,13 @@ from pipeline.transport.sweeps import block_function
 # on the training problem at eps = 0.05.
 ABSORB_AT = 1e10
 
-# The sweeps a problem needs grow like (cost spread) / eps: on random problems at tol = 1e-6, up to
-# 2.4 sweeps per unit of that ratio at s = 0.5 and up to 20 near s = 1 (docs/transport.md). With
+# The sweeps a problem needs grow like (cost spread) / eps; this factor covers what random problems at
+# tol = 1e-6 need per unit of that ratio, up to s near 1 (docs/transport.md has the counts). With
 # iters_per_spread the budget follows the ratio, so a small eps gets the sweeps it needs; at
-# training's eps = 0.05 on costs in [0, 2] it asks for 1000 at most, the fixed budget it replaces.
+# training's eps = 0.05 on costs in [0, 2] it asks for 1000 at most, train.ot_max_iter's default.
 ITERS_PER_SPREAD = 25
-# However small eps gets, the budget that ratio asks for stops here (about 20 s a solve at training
-# sizes on the CPU); a plan stopped at it is reported unconverged like any other.
+# However small eps gets, the budget that ratio asks for stops here, so one solve's time stays bounded; a
+# plan stopped at it is reported unconverged like any other.
 MAX_ADAPTIVE_ITER = 100_000
 
 
@@ -88,8 +88,8 @@ def partial_ot(
     eps_scaling: solve at geometrically shrinking eps (by `eps_scaling_factor`, at most
     `eps_stage_iter` iterations each) from the cost range down to `epsilon`, warm-starting each
     stage; it helps at small eps. Float64 input runs in float64, anything else in float32.
-    compiled: run the sweeps through torch.compile (CPU or CUDA, the same code): 2-3x faster per
-    sweep at training sizes, after a one-off compilation of 10-30 s per process (see sweeps.py).
+    compiled: run the sweeps through torch.compile (CPU or CUDA, the same code): faster per sweep, after a
+    one-off compilation in every process (see sweeps.py; bench/RESULTS.md, "The partial OT solver").
     """
     with torch.no_grad(), torch.autocast(cost.device.type, enabled=False):
         problem = check_problem(cost, row_mask, col_mask, mass, epsilon, a, b, max_iter, tol, check_every)
@@ -116,9 +116,9 @@ def partial_ot(
 
 
 def _total_cost(plan: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
-    """(B,) <T, C> as a batched dot product: a (B, n, m) product tensor would be a fresh allocation,
-    whose page faults alone cost 1 ms at 128 x 20 x 256 (10 % of a solve). Row by row, then summed:
-    one long float32 dot product per pair rounded 10x worse (2.5e-6 relative against 2e-7)."""
+    """(B,) <T, C> as a batched dot product: a (B, n, m) product tensor would be a fresh allocation, paid
+    for in page faults at every solve. Row by row, then summed: one long float32 dot product per pair
+    rounds worse."""
     B, n, m = plan.shape
     return torch.bmm(plan.reshape(B * n, 1, m), cost.reshape(B * n, m, 1)).view(B, n).sum(dim=1)
 

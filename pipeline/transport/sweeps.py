@@ -2,7 +2,7 @@
 
 `_sweep_block` is one pure function of tensors, so that torch.compile can turn ten sweeps into one
 fused function (on the CPU, Inductor's C++ with two parallel loops per sweep) instead of a dozen
-dispatched ops each: 2-3x faster a sweep at training sizes. The state it reads and returns is
+dispatched ops each, which makes a sweep faster (bench/RESULTS.md). The state it reads and returns is
 `solver._DualState`'s; the math is in solver.py's docstring.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _sweep_block(K, a, row_floor, u_cap_reached, b, v_cap, mass, padding_ones, K
         w = w * scale
         # Returned, so stored once: otherwise Inductor inlines the divisions that make u and c_raw
         # into the next product's inner loop and recomputes them for every kernel entry (a division
-        # per multiply-add: 2.6x slower per sweep, measured at 128 x 20 x 256). Free in eager mode.
+        # per multiply-add). Free in eager mode.
         kept += [u, c_raw]
     c = c_raw * scale
     # The check: the L1 residual of partial OT's marginal optimality conditions. Row sums above a

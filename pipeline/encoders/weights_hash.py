@@ -1,4 +1,5 @@
-"""Content hashes for encoder fingerprints: the same weights give the same hash on any machine."""
+"""The hash of a torch module's weights (an encoder's fingerprint, f_g's record in an export): the same weights give
+the same hash on any machine."""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,3 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
         h.update(f"{key}|{t.dtype}|{tuple(tensor.shape)}\n".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
