@@ -3,7 +3,7 @@
     python experiments/trial.py queue grid            # the 19 rows x seeds of the grid (local score x s x kappa, ...)
     python experiments/trial.py queue curves          # d_g and data size, around the chosen default
     dvc queue start --jobs 2 && dvc queue status      # until every experiment is Success
-    python experiments/trial.py table                 # reads `dvc exp show --json`; --json FILE keeps the values
+    python experiments/trial.py table                 # reads `dvc exp show --json` (--rev COMMIT: the queue's base)
     python experiments/trial.py curves --default ROW  # docs/figures/curve_*.{csv,png} (`dvc plots show` draws the csv)
 
 The protocol (docs/method.md, "The trial"): every row trains with seeds 0..SEEDS-1 on the same cache and is
@@ -224,9 +224,11 @@ def main(argv: list[str]) -> None:
     q.add_argument("--rows", nargs="*", help="only these rows")
     t = sub.add_parser("table", help="print the table from `dvc exp show --json` (- reads it from stdin)")
     t.add_argument("source", nargs="?", default=None)
+    t.add_argument("--rev", help="the commit the experiments were queued from (default: HEAD)")
     t.add_argument("--json", dest="json_out", help="also write every row's per-seed values to this file")
     c = sub.add_parser("curves", help="write the d_g and data-size curves from `dvc exp show --json`")
     c.add_argument("source", nargs="?", default=None)
+    c.add_argument("--rev", help="the commit the experiments were queued from (default: HEAD)")
     c.add_argument("--default", required=True, help="the grid row params.yaml's default is (its points at 128 / all)")
     c.add_argument("--out", default="docs/figures")
     args = parser.parse_args(argv)
@@ -245,8 +247,8 @@ def main(argv: list[str]) -> None:
     elif args.source == "-":
         shown = json.load(sys.stdin)
     else:
-        shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True,
-                                          text=True).stdout)
+        command = ["dvc", "exp", "show", "--json"] + (["--rev", args.rev] if args.rev else [])
+        shown = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     rows = experiments(shown)
     if not rows:
         sys.exit("no finished experiments named ROW-sSEED with both metrics files; run `trial.py queue` first")
