@@ -27,8 +27,8 @@ HARD_TRAIN = ["train.epsilon=0.5", "train.ot_max_iter=20", "train.ot_tol=1.0e-12
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Thousands of sweeps over tensors this small: a second thread only waits at every op's barrier, and on
-    a busy machine each wait is a scheduling slice (the small-eps test: 0.2 s on one thread, 10 s on two)."""
+    """Thousands of sweeps over tensors this small: a second thread only waits at every op's barrier, on a
+    busy machine for a scheduling slice each time (conftest.py sets one thread too, unless told otherwise)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
