@@ -81,10 +81,14 @@ first = own_mappings()
 if sys.argv[1] == "groundedbert":
     import stages.cli
     CliRunner().invoke(stages.cli.app, ["cache", "info", "/nonexistent-cache-dir"])
-else:  # torchrun runs `-m stages.extract`, whose own app skips the groundedbert callback
-    import stages.extract
-    CliRunner().invoke(stages.extract.app, ["--captions", "/nonexistent.jsonl", "--images", "/nonexistent",
-                                            "--cache", "/nonexistent-cache"])
+else:  # torchrun runs `python -m stages.extract`, whose __main__ (run_module) skips the groundedbert callback
+    import runpy
+    sys.argv = ["stages.extract", "--captions", "/nonexistent.jsonl", "--images", "/nonexistent",
+                "--cache", "/nonexistent-cache"]
+    try:
+        runpy.run_module("stages.extract", run_name="__main__")
+    except SystemExit:
+        pass
 print(first, own_mappings())
 """
 

@@ -47,7 +47,11 @@ def test_synth_extract_train_evaluate(tmp_path):
         assert token["trials"] > 0 and 0 < token["chance"] < 1
         # Every token trial is a colour, shape or size word of the synthetic captions.
         assert token["trials"] == sum(metrics["pointing"][score][k]["trials"] for k in ("colour", "shape", "size"))
-    assert metrics["pointing"]["plan"]["settings"] == {"mass": 0.5, "epsilon": 0.05, "patch_capacity": 16.0}
+    assert metrics["pointing"]["plan"]["settings"] == {"mass": 0.25, "epsilon": 0.05, "patch_capacity": 64.0}
+    assert metrics["pointing"]["plan_common"]["settings"] == {"mass": 0.5, "epsilon": 0.05, "patch_capacity": 16.0}
+    # The scenes preset's format 2: the headline and the baselines that need every shape are there.
+    assert metrics["grounding_format"] == 2
+    assert metrics["headline"]["object_prior_all"] is not None and metrics["baselines"]["any_word"]["all"]["trials"] > 0
     assert set(metrics["synonyms"]) == {"h", "g", "random_fg"} and metrics["synonyms"]["g"]["trials"] > 0
     # The figures: two PNGs of the size their word count gives.
     from PIL import Image

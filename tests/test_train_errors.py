@@ -133,13 +133,17 @@ def test_evaluation_solves_plans_with_its_own_settings(cache, trained, tmp_path)
     (tmp_path / "grounding.json").write_text(json.dumps(grounding))
     args = ["evaluate", "grounding", "--cache", str(cache), "--run", str(trained), "--grounding",
             str(tmp_path / "grounding.json")]
-    own = json.loads(runner.invoke(app, args).stdout)["pointing"]
     run_cfg = json.loads((trained / "config.json").read_text())["train"]
+    fixed = json.loads(runner.invoke(app, args).stdout)["pointing"]
+    assert fixed["plan"]["settings"] == {"mass": 0.25, "epsilon": 0.05, "patch_capacity": 64.0}   # params.yaml's
+    # null: the run's own train.* values.
+    own = json.loads(runner.invoke(app, args + [f"--set=evaluate.{k}=null" for k in ("mass", "epsilon",
+                                                                                      "patch_capacity")]).stdout)["pointing"]
     assert own["plan"]["settings"] == {k: run_cfg[k] for k in ("mass", "epsilon", "patch_capacity")}
     result = runner.invoke(app, args + ["--set", "evaluate.mass=1.0", "--set", "evaluate.patch_capacity=1.0"])
     assert result.exit_code == 0, result.output
     changed = json.loads(result.stdout)["pointing"]
-    assert changed["plan"]["settings"] == {"mass": 1.0, "epsilon": run_cfg["epsilon"], "patch_capacity": 1.0}
+    assert changed["plan"]["settings"] == {"mass": 1.0, "epsilon": 0.05, "patch_capacity": 1.0}
     assert changed["plan_common"]["settings"] == own["plan_common"]["settings"] == {
         "mass": 0.5, "epsilon": 0.05, "patch_capacity": 16.0}
     # The plan_common numbers do not depend on the evaluation's own settings.
