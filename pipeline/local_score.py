@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
-from pipeline.losses import token_contrastive
+from pipeline.losses import maxsim_scores, token_contrastive
 from pipeline.runtime import torch_threads
 from pipeline.transport import solve_plan
 
@@ -61,16 +61,6 @@ def local_contrastive(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor
     raise ConfigError(f"train.local_score must be one of {', '.join(LOCAL_SCORES)}, got {name!r}")
 
 
-def maxsim_scores(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-    """(B, U) max-sim score of every caption against every image (no temperature), without a graph."""
-    with torch.no_grad():
-        gn = F.normalize(g.float(), dim=-1, eps=1e-8)
-        vn = F.normalize(v.float(), dim=-1, eps=1e-8)
-        best = torch.einsum("bnd,umd->bunm", gn, vn).amax(dim=-1)
-        weights = token_mask.float() / token_mask.float().sum(dim=1, keepdim=True).clamp_min(1.0)
-        return (best * weights[:, None, :]).sum(dim=-1)
-
-
 def hardest_negatives(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, image_slot: torch.Tensor,
                       k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each caption's candidate images: column 0 its own, then its k highest-scoring other images by max-sim.
@@ -78,7 +68,9 @@ def hardest_negatives(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor
     U = v.shape[0]
     others = image_slot[:, None] != torch.arange(U, device=image_slot.device)[None, :]
     k = min(k, U - 1)
-    idx = maxsim_scores(g, v, token_mask).masked_fill(~others, float("-inf")).topk(k, dim=1).indices
+    with torch.no_grad():   # mining only: no graph
+        mined = maxsim_scores(g, v, token_mask)
+    idx = mined.masked_fill(~others, float("-inf")).topk(k, dim=1).indices
     own = torch.ones_like(image_slot[:, None], dtype=torch.bool)
     return torch.cat([image_slot[:, None], idx], dim=1), torch.cat([own, others.gather(1, idx)], dim=1)
 

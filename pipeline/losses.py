@@ -141,6 +141,13 @@ def token_contrastive(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor
     Only content tokens are scored (padding and [CLS]/[SEP] weigh 0 in the mean, so skipping them changes
     nothing but the work), packed into one (K, d) block for `_BestPatch`. Float64 stays float64 (gradient
     checks); anything else runs in float32."""
+    return F.cross_entropy(maxsim_scores(g, v, token_mask) / temperature, image_slot)
+
+
+def maxsim_scores(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """(B, U) max-sim score of every caption against every image, without the temperature: the mean over a
+    caption's content tokens of each token's best patch cosine (token_contrastive's score; the partial-OT
+    score's negative mining reads it too)."""
     dtype = torch.promote_types(g.dtype, torch.float32)
     caption, token = token_mask.nonzero(as_tuple=True)
     q = F.normalize(g[caption, token].to(dtype), dim=-1, eps=1e-8)
@@ -148,8 +155,7 @@ def token_contrastive(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor
     best = _BestPatch.apply(q, vn)                                      # (K, U)
     weights = 1.0 / token_mask.sum(dim=1).clamp_min(1).to(dtype)
     scores = torch.zeros(g.shape[0], v.shape[0], dtype=dtype, device=g.device)
-    scores = scores.index_add(0, caption, best * weights[caption, None]) / temperature
-    return F.cross_entropy(scores, image_slot)
+    return scores.index_add(0, caption, best * weights[caption, None])
 
 
 # ----------------------------------------------------------------------------- collapse watch

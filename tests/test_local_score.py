@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from pipeline.config import load_defaults, resolve
 from pipeline.errors import ConfigError
-from pipeline.local_score import (hardest_negatives, local_contrastive, maxsim_scores, partial_ot_contrastive,
+from pipeline.losses import maxsim_scores
+from pipeline.local_score import (hardest_negatives, local_contrastive, partial_ot_contrastive,
                                   partial_ot_scores, transport_score)
 from pipeline.losses import token_contrastive
 from pipeline.modules import StageTwoModules
