@@ -64,9 +64,9 @@ def synthetic_batch(captions: int = 64, images: int = 60, seed: int = 0) -> dict
             "caption_index": torch.arange(captions)}
 
 
-def dense_token_contrastive(g, v, token_mask, image_slot, temperature):
+def dense_token_contrastive(g, v, token_mask, image_slot, temperature, unit_vectors=False):
     """The contrastive term as it was before the argmax gather: einsum over every (caption, image, token,
-    patch) cosine, amax, autograd's backward through both."""
+    patch) cosine, amax, autograd's backward through both. (Normalising unit vectors again changes nothing.)"""
     gn = F.normalize(g.float(), dim=-1, eps=1e-8)
     vn = F.normalize(v.float(), dim=-1, eps=1e-8)
     best = torch.einsum("bnd,umd->bunm", gn, vn).amax(dim=-1)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
-from pipeline.losses import maxsim_scores, token_contrastive
+from pipeline.losses import maxsim_scores, token_contrastive, unit
 from pipeline.runtime import torch_threads
 from pipeline.transport import solve_plan
 
@@ -46,30 +46,33 @@ SOLVE_CHUNK_BYTES = 3 << 20
 
 
 def local_contrastive(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, image_slot: torch.Tensor,
-                      cfg: dict, ot_tally=None) -> torch.Tensor:
+                      cfg: dict, ot_tally=None, *, unit_vectors: bool = False) -> torch.Tensor:
     """The local term for the score `cfg["local_score"]` names (cfg: the `train` section). g (B, n, d) tokens of
     B captions, v (U, m, d) patches of the batch's U images, token_mask (B, n) the content tokens, image_slot
-    (B,) each caption's image. ot_tally, if given, counts the partial_ot plans that stopped before ot_tol."""
+    (B,) each caption's image. ot_tally, if given, counts the partial_ot plans that stopped before ot_tol.
+    unit_vectors: g and v are already normalised (losses.unit), as training passes them."""
     name = cfg["local_score"]
     if name == "maxsim":
-        return token_contrastive(g, v, token_mask, image_slot, cfg["local_contrastive_temperature"])
+        return token_contrastive(g, v, token_mask, image_slot, cfg["local_contrastive_temperature"],
+                                 unit_vectors=unit_vectors)
     if name == "partial_ot":
         return partial_ot_contrastive(
             g, v, token_mask, image_slot, cfg["local_contrastive_temperature"], negatives=cfg["local_negatives"],
             mass=cfg["mass"], epsilon=cfg["epsilon"], patch_capacity=cfg["patch_capacity"], solver=cfg["ot_solver"],
-            max_iter=cfg["ot_max_iter"], tol=cfg["ot_tol"], threads=cfg.get("ot_num_threads", 0), ot_tally=ot_tally)
+            max_iter=cfg["ot_max_iter"], tol=cfg["ot_tol"], threads=cfg.get("ot_num_threads", 0), ot_tally=ot_tally,
+            unit_vectors=unit_vectors)
     raise ConfigError(f"train.local_score must be one of {', '.join(LOCAL_SCORES)}, got {name!r}")
 
 
 def hardest_negatives(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, image_slot: torch.Tensor,
-                      k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      k: int, *, unit_vectors: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Each caption's candidate images: column 0 its own, then its k highest-scoring other images by max-sim.
     Returns indices (B, 1 + k) into v and a mask (B, 1 + k), False where a caption has fewer than k others."""
     U = v.shape[0]
     others = image_slot[:, None] != torch.arange(U, device=image_slot.device)[None, :]
     k = min(k, U - 1)
     with torch.no_grad():   # mining only: no graph
-        mined = maxsim_scores(g, v, token_mask)
+        mined = maxsim_scores(g, v, token_mask, unit_vectors=unit_vectors)
     idx = mined.masked_fill(~others, float("-inf")).topk(k, dim=1).indices
     own = torch.ones_like(image_slot[:, None], dtype=torch.bool)
     return torch.cat([image_slot[:, None], idx], dim=1), torch.cat([own, others.gather(1, idx)], dim=1)
@@ -111,25 +114,24 @@ def partial_ot_contrastive(g: torch.Tensor, v: torch.Tensor, token_mask: torch.T
 def partial_ot_scores(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, image_slot: torch.Tensor, *,
                       negatives: int | None, mass: float, epsilon: float, patch_capacity: float,
                       solver: str = "sinkhorn", max_iter: int = 1000, tol: float = 1e-6, threads: int = 0,
-                      ot_tally=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      ot_tally=None, unit_vectors: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The partial-OT score of each caption against its candidate images: (scores (B, C), valid (B, C), target
     (B,)), the target the column of each caption's own image. negatives None (or at least U - 1): every image,
     C = U, columns in slot order; otherwise C = 1 + negatives, its own image first (`hardest_negatives`). threads:
-    torch's threads for the solve alone, as for the OT loss (0: as they are)."""
+    torch's threads for the solve alone, as for the OT loss (0: as they are). unit_vectors: g and v are already
+    normalised."""
     g, token_mask = pack_content(g, token_mask)
     B, n, U, m = g.shape[0], g.shape[1], v.shape[0], v.shape[1]
     # The OT runs in float32 even under autocast (float64 stays float64): the cost's small differences decide
     # the plan.
     with torch.autocast(device_type=g.device.type, enabled=False):
-        dtype = torch.promote_types(g.dtype, torch.float32)
-        gn = F.normalize(g.to(dtype), dim=-1, eps=1e-8)
-        vn = F.normalize(v.to(dtype), dim=-1, eps=1e-8)
+        gn, vn = (g, v) if unit_vectors else (unit(g), unit(v))
         if negatives is None or negatives >= U - 1:
             cos = torch.einsum("bnd,umd->bunm", gn, vn)
             valid = torch.ones(B, U, dtype=torch.bool, device=g.device)
             target = image_slot
         else:   # one product per caption and candidate
-            idx, valid = hardest_negatives(g, v, token_mask, image_slot, negatives)
+            idx, valid = hardest_negatives(gn, vn, token_mask, image_slot, negatives, unit_vectors=True)
             cos = torch.einsum("bnd,bcmd->bcnm", gn, vn[idx])
             target = torch.zeros(B, dtype=torch.long, device=g.device)
         C = cos.shape[1]

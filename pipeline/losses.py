@@ -53,18 +53,25 @@ def matching_bce(pos_logits: torch.Tensor, neg_logits: torch.Tensor, neg_mask: t
 
 # ----------------------------------------------------------------------------- alignment
 
-def cosine_cost(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """x / |x| along the last dimension, in float32 at least (float64 stays float64, for gradient checks).
+    Training normalises g and v once a step and hands the unit vectors to every term (`unit_vectors=True`):
+    normalising the gathered copies of each pair instead cost more than the products it fed."""
+    return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1, eps=1e-8)
+
+
+def cosine_cost(g: torch.Tensor, v: torch.Tensor, *, unit_vectors: bool = False) -> torch.Tensor:
     """C_ij = 1 - cos(g_i, v_j): g (B, n, d), v (B, m, d) -> (B, n, m), in float32 at least (float64
-    stays float64, for gradient checks)."""
-    dtype = torch.promote_types(g.dtype, torch.float32)
-    g = F.normalize(g.to(dtype), dim=-1, eps=1e-8)
-    v = F.normalize(v.to(dtype), dim=-1, eps=1e-8)
+    stays float64, for gradient checks). unit_vectors: g and v are already `unit`'s output."""
+    if not unit_vectors:
+        g, v = unit(g), unit(v)
     return 1.0 - g @ v.transpose(1, 2)
 
 
 def ot_alignment_loss(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, patch_mask: torch.Tensor, *,
                       mass: float, epsilon: float, solver: str = "sinkhorn", max_iter: int = 1000,
-                      tol: float = 1e-6, patch_capacity: float = 1.0, return_errors: bool = False) -> tuple:
+                      tol: float = 1e-6, patch_capacity: float = 1.0, return_errors: bool = False,
+                      unit_vectors: bool = False) -> tuple:
     """Partial-OT alignment of caption-image pairs: g (B, n, d_g) grounded tokens, v (B, m, d_g) projected
     patches of each pair's image; token_mask (B, n) True on content tokens only ([CLS], [SEP] and
     padding carry no mass), patch_mask (B, m).
@@ -75,7 +82,7 @@ def ot_alignment_loss(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor
     also the solver's marginal error of each pair (B,), to count the plans that did not converge."""
     # The OT runs in float32 even under autocast: the cost's small differences decide the plan.
     with torch.autocast(device_type=g.device.type, enabled=False):
-        cost = cosine_cost(g, v)
+        cost = cosine_cost(g, v, unit_vectors=unit_vectors)
         plan, errors = solve_plan(cost.detach(), token_mask, patch_mask, mass=mass, epsilon=epsilon, solver=solver,
                                   max_iter=max_iter, tol=tol, patch_capacity=patch_capacity, return_errors=True)
         loss = ot_loss(cost, plan, mass)
@@ -128,7 +135,7 @@ class _BestPatch(torch.autograd.Function):
 
 
 def token_contrastive(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, image_slot: torch.Tensor,
-                      temperature: float) -> torch.Tensor:
+                      temperature: float, *, unit_vectors: bool = False) -> torch.Tensor:
     """FILIP's token-wise InfoNCE, text to image: g (B, n, d) tokens of B captions, v (U, m, d) patches of
     the batch's U images, token_mask (B, n) the content tokens, image_slot (B,) each caption's image.
 
@@ -140,18 +147,20 @@ def token_contrastive(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor
 
     Only content tokens are scored (padding and [CLS]/[SEP] weigh 0 in the mean, so skipping them changes
     nothing but the work), packed into one (K, d) block for `_BestPatch`. Float64 stays float64 (gradient
-    checks); anything else runs in float32."""
-    return F.cross_entropy(maxsim_scores(g, v, token_mask) / temperature, image_slot)
+    checks); anything else runs in float32. unit_vectors: g and v are already `unit`'s output."""
+    return F.cross_entropy(maxsim_scores(g, v, token_mask, unit_vectors=unit_vectors) / temperature, image_slot)
 
 
-def maxsim_scores(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+def maxsim_scores(g: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor, *,
+                  unit_vectors: bool = False) -> torch.Tensor:
     """(B, U) max-sim score of every caption against every image, without the temperature: the mean over a
     caption's content tokens of each token's best patch cosine (token_contrastive's score; the partial-OT
-    score's negative mining reads it too)."""
+    score's negative mining reads it too). unit_vectors: g and v are already `unit`'s output."""
     dtype = torch.promote_types(g.dtype, torch.float32)
     caption, token = token_mask.nonzero(as_tuple=True)
-    q = F.normalize(g[caption, token].to(dtype), dim=-1, eps=1e-8)
-    vn = F.normalize(v.to(dtype), dim=-1, eps=1e-8)
+    q, vn = g[caption, token], v
+    if not unit_vectors:
+        q, vn = unit(q), unit(v)
     best = _BestPatch.apply(q, vn)                                      # (K, U)
     weights = 1.0 / token_mask.sum(dim=1).clamp_min(1).to(dtype)
     scores = torch.zeros(g.shape[0], v.shape[0], dtype=dtype, device=g.device)

@@ -16,9 +16,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.errors import ConfigError, TrainingError
-from pipeline.losses import (matching_bce, mean_pairwise_cosine, ot_alignment_loss, ot_hinge, pick_negatives,
-                             token_contrastive)
-from pipeline.local_score import local_contrastive
+from pipeline.losses import matching_bce, mean_pairwise_cosine, ot_alignment_loss, ot_hinge, pick_negatives, unit
+from pipeline.local_score import local_contrastive, pack_content
 from pipeline.runtime import to_device, torch_threads
 from pipeline.training.schedule import learning_rate, set_learning_rate
 from pipeline.transport import ConvergenceTally, TransportInputError
@@ -57,27 +56,34 @@ def forward_losses(model, batch: dict, cfg: dict, generator: torch.Generator, am
            "collapse": mean_pairwise_cosine(g[content])}
     out["loss"] = out["match"]
     rows = content.any(1).nonzero().squeeze(1)   # a caption with no content token has nothing to align
+    # Both local terms compare directions only: normalise every token and patch once, in float32 outside
+    # autocast, and hand the unit vectors on, instead of each term normalising its own gathered copies.
+    with torch.autocast(device_type=g.device.type, enabled=False):
+        gu, vu = unit(g), unit(v)
     if with_ot and len(rows):
         # With the hinge on, each caption is also aligned with its first negative image; both sets of
-        # problems go to the solver as one batch.
-        neg_rows = rows[mask[rows, 0]] if cfg["ot_hinge_weight"] > 0 else rows[:0]
+        # problems go to the solver as one batch. Content tokens are packed to the front and the padding
+        # cut: [CLS], [SEP] and padding carry no mass, so only the work changes.
+        neg = mask[rows, 0] if cfg["ot_hinge_weight"] > 0 else torch.zeros_like(rows, dtype=torch.bool)
+        packed, packed_mask = pack_content(gu[rows], content[rows])
         with torch_threads(cfg.get("ot_num_threads", 0)):
             per_pair, _, errors = ot_alignment_loss(
-                torch.cat([g[rows], g[neg_rows]]), torch.cat([v[slot[rows]], v[idx[neg_rows, 0]]]),
-                torch.cat([content[rows], content[neg_rows]]),
-                torch.ones(len(rows) + len(neg_rows), v.shape[1], dtype=torch.bool, device=v.device),
+                torch.cat([packed, packed[neg]]), torch.cat([vu[slot[rows]], vu[idx[rows[neg], 0]]]),
+                torch.cat([packed_mask, packed_mask[neg]]),
+                torch.ones(len(rows) + int(neg.sum()), v.shape[1], dtype=torch.bool, device=v.device),
                 mass=cfg["mass"], epsilon=cfg["epsilon"], solver=cfg["ot_solver"], max_iter=cfg["ot_max_iter"],
-                tol=cfg["ot_tol"], patch_capacity=cfg["patch_capacity"], return_errors=True)
+                tol=cfg["ot_tol"], patch_capacity=cfg["patch_capacity"], return_errors=True, unit_vectors=True)
         if ot_tally is not None:
             ot_tally.add(errors)
         matched = per_pair[: len(rows)]
         out["ot"] = matched.mean()
         out["loss"] = out["loss"] + cfg["lambda_ot"] * out["ot"]
-        if len(neg_rows):
+        if neg.any():
             out["ot_hinge"] = ot_hinge(matched[mask[rows, 0]], per_pair[len(rows):], cfg["ot_hinge_margin"])
             out["loss"] = out["loss"] + cfg["lambda_ot"] * cfg["ot_hinge_weight"] * out["ot_hinge"]
     if cfg["local_contrastive_weight"] > 0 and len(rows) and vbar.shape[0] > 1:
-        out["local"] = local_contrastive(g[rows], v, content[rows], slot[rows], cfg, ot_tally=ot_tally)
+        out["local"] = local_contrastive(gu[rows], vu, content[rows], slot[rows], cfg, ot_tally=ot_tally,
+                                         unit_vectors=True)
         out["loss"] = out["loss"] + cfg["local_contrastive_weight"] * out["local"]
     return out
 
