@@ -3,7 +3,8 @@
     python bench/bench_train_run.py --cache CACHE --grounding GROUNDING.json [--rounds 1] \
         --variant "before=dense,train.num_threads=1,train.val_pointing_every=1" --variant "after="
 
-Each variant is a comma-separated list of `--set` overrides (train.KEY=VALUE); `dense` first swaps the token-wise
+Each variant is a comma-separated list of `--set` overrides (train.KEY=VALUE); `code=DIR` runs the code of another
+checkout (`git worktree add DIR COMMIT`: the commit before a change), with this interpreter; `dense` first swaps the token-wise
 contrastive term for the dense einsum + amax it replaced (bench_step.py's `dense_token_contrastive`, the same
 maths), so a run before that change can be timed beside one after it. Each run is its own process
 (`python -m stages.train --no-resume`, with the validation pointing game through --grounding, as dvc.yaml's
@@ -49,8 +50,12 @@ def child(argv: list[str]) -> None:
 
 def run(variant: str, sets: list[str], args, out: Path) -> dict:
     dense = "dense" in sets
-    overrides = [s for s in sets if s and s != "dense"]
-    train_args = ["--cache", str(args.cache), "--out", str(out), "--no-resume", "--grounding", str(args.grounding)]
+    # code=DIR: run that checkout's code (a `git worktree add DIR COMMIT` of the commit before a change), so that
+    # before and after are timed in one run, alternated.
+    code = next((Path(s.split("=", 1)[1]) for s in sets if s.startswith("code=")), ROOT)
+    overrides = [s for s in sets if s and s != "dense" and not s.startswith("code=")]
+    train_args = ["--cache", str(args.cache.resolve()), "--out", str(out), "--no-resume", "--grounding",
+                  str(args.grounding.resolve())]
     for s in overrides:
         train_args += ["--set", s]
     cmd = ([sys.executable, __file__, "--child", *train_args] if dense
@@ -59,7 +64,7 @@ def run(variant: str, sets: list[str], args, out: Path) -> dict:
     load = os.getloadavg()[0]
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
@@ -68,7 +73,7 @@ def run(variant: str, sets: list[str], args, out: Path) -> dict:
     rates = [float(x) for x in re.findall(r"(\d+) captions/s", done.stderr)]
     metrics = json.loads((out / "dvclive" / "metrics.json").read_text())
     val = {k: v for k, v in metrics.get("val", {}).items()}
-    return {"variant": variant, "sets": sets, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "load_at_start": round(load, 2),
+    return {"variant": variant, "sets": sets, "code": str(code), "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "load_at_start": round(load, 2),
             "load_at_end": round(os.getloadavg()[0], 2), "captions_per_s_per_epoch": rates,
             "epochs": metrics.get("epoch"), "dense_in": re.findall(r"dense token_contrastive in (.*)", done.stderr),
             "val": val}

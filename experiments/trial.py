@@ -3,8 +3,13 @@
     python experiments/trial.py queue grid            # the 19 rows x seeds of the grid (local score x s x kappa, ...)
     python experiments/trial.py queue curves          # d_g and data size, around the chosen default
     dvc queue start --jobs 2 && dvc queue status      # until every experiment is Success
-    python experiments/trial.py table                 # reads `dvc exp show --json` (--rev COMMIT: the queue's base)
-    python experiments/trial.py curves --default ROW  # docs/figures/curve_*.{csv,png} (`dvc plots show` draws the csv)
+    python experiments/trial.py queue other-data      # the default on a second synthesis of the data (data.seed=1)
+    python experiments/trial.py queue large           # the data-size curve to 3 200 images, on data.images=4000
+    python experiments/trial.py table --rev COMMIT --save docs/trial_runs.json   # `dvc exp show --json` of the
+                                                      # queue's base commit; --save keeps every run's read-out in git
+    python experiments/trial.py table docs/trial_runs.json       # the same table from the saved file
+    python experiments/trial.py compare lambda0 ms-s0.5-k16 docs/trial_runs.json   # paired by seed, on validation
+    python experiments/trial.py curves docs/trial_runs.json --default ROW   # docs/figures/curve_*.{csv,png}
 
 The protocol (docs/method.md, "The trial"): every row trains with seeds 0..SEEDS-1 on the same cache and is
 scored by the same two `evaluate` stages, on validation (runs/default/metrics_val.json) and on test
@@ -64,6 +69,14 @@ CURVES: dict[str, list[str]] = {
 # beside the grid, never ranked in it.
 OTHER_DATA_SEED = 1
 OTHER_DATA: dict[str, list[str]] = {f"data{OTHER_DATA_SEED}": [f"data.seed={OTHER_DATA_SEED}"]}
+# The data-size curve to 3 200 training images needs a larger synthesis than the default's 800: the default row
+# on data.images = 4 000 (3 200 / 400 / 400), every size a nested subset of that one cache's training split, so
+# that the whole curve shares its validation and test images. Apart from the grid for the same reason as above.
+LARGE_IMAGES = 4000
+LARGE_SIZES = (200, 400, 800, 1600, 3200)
+LARGE: dict[str, list[str]] = {f"large-n{n}": [f"data.images={LARGE_IMAGES}", f"train.train_images={n}"]
+                               for n in LARGE_SIZES}
+APART = {**OTHER_DATA, **LARGE}
 
 # (column, metrics path). The headline is per-word pointing of the plan at the evaluation's OT setting
 # (evaluate.mass, evaluate.epsilon, evaluate.patch_capacity), chosen on validation and the same for every row.
@@ -96,8 +109,46 @@ def experiments(shown: list) -> dict[str, list[dict]]:
                 metrics = (rev.get("data") or {}).get("metrics", {})
                 files = {path: (metrics.get(path) or {}).get("data") for path in (TEST, VAL)}
                 if match and all(files.values()):
-                    rows[match.group(1)].append(files)
+                    rows[match.group(1)].append({**files, "seed": int(match.group(2))})
     return rows
+
+
+# What `--save` keeps of each run's two metrics files: every field the table, the curves and docs/method.md read
+# (the per-class, per-phrase and per-token breakdowns stay in the runs). Experiments live in one machine's git
+# refs and DVC cache; the saved file is the grid's record in the repository, which the table and the curves
+# read back as they read `dvc exp show`.
+KEPT = ("headline", "baselines", "mass", "collapse", "matching", "retrieval", "synonyms", "images", "captions")
+KEPT_POINTING = ("word", "settings")
+
+
+def slim(metrics: dict) -> dict:
+    kept = {key: metrics[key] for key in KEPT if key in metrics}
+    kept["pointing"] = {name: {key: part[key] for key in KEPT_POINTING if key in part}
+                        for name, part in (metrics.get("pointing") or {}).items() if isinstance(part, dict)}
+    return kept
+
+
+def save(rows: dict[str, list[dict]], path: str, rev: str | None) -> None:
+    """The grid as a file: {"rev": the commit the runs were queued from, "rows": {row: [{TEST: .., VAL: ..}, ..]}},
+    seeds in the order `dvc exp show` listed them, one run per line so that a diff shows which runs changed."""
+    lines = ['{"rev": ' + json.dumps(rev) + ', "rows": {']
+    for r, (name, runs) in enumerate(sorted(rows.items())):
+        lines.append(f" {json.dumps(name)}: [")
+        for i, run in enumerate(sorted(runs, key=lambda r: (r.get("seed") is None, r.get("seed")))):
+            body = json.dumps({"seed": run.get("seed"), **{path_: slim(run[path_]) for path_ in (TEST, VAL)}},
+                              sort_keys=True)
+            lines.append("  " + body + ("," if i < len(runs) - 1 else ""))
+        lines.append(" ]" + ("," if r < len(rows) - 1 else ""))
+    lines.append("}}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def load(shown) -> dict[str, list[dict]]:
+    """Rows from either source: `dvc exp show --json` (a list of baselines) or a file `--save` wrote."""
+    if isinstance(shown, dict) and "rows" in shown:
+        return shown["rows"]
+    return experiments(shown)
 
 
 def dig(d, path):
@@ -161,24 +212,59 @@ def ranked(rows: dict[str, list[dict]]) -> list[str]:
 
 
 def table(rows: dict[str, list[dict]], short: bool = False) -> str:
+    """The grid and the curves ranked on validation, then the rows on other data (OTHER_DATA) apart: their splits
+    are other images, so they are neither ranked with the grid nor read against its baselines."""
     columns = [c for c in COLUMNS if c[0] in SHORT] if short else COLUMNS
-    lines = ["| row (by validation) | seeds | " + " | ".join(h for h, _, _ in columns) + " |",
-             "|---" * (len(columns) + 2) + "|"]
-    for name in ranked(rows):
-        lines.append(f"| `{name}` | {len(rows[name])} | " + " | ".join(row_cells(rows[name], columns)) + " |")
-    first = next(iter(rows.values()))[0][TEST]
-    prior = dig(first, ("baselines", "object_prior", "all", "accuracy"))
-    largest = dig(first, ("baselines", "largest_shape", "all", "accuracy"))
-    chance = dig(first, HEAD + ("all", "chance"))
-    trials = dig(first, HEAD + ("all", "trials"))
-    lines += ["", f"Test split, {trials} word trials: uniform chance {chance:.3f}, object prior {prior:.3f}, "
-                  f"largest-shape prior {largest:.3f} (the same for every row: they ignore the model)."]
+    header = ["| row (by validation) | seeds | " + " | ".join(h for h, _, _ in columns) + " |",
+              "|---" * (len(columns) + 2) + "|"]
+    grid = {name: runs for name, runs in rows.items() if name not in APART}
+    lines = list(header)
+    for name in ranked(grid):
+        lines.append(f"| `{name}` | {len(grid[name])} | " + " | ".join(row_cells(grid[name], columns)) + " |")
+    if grid:
+        lines += ["", baselines_line(next(iter(grid.values()))[0][TEST])]
+    for group, what in ((OTHER_DATA, "The default on other data"),
+                        (LARGE, f"The default on a larger synthesis (data.images = {LARGE_IMAGES}), by training images")):
+        names = [n for n in group if n in rows]
+        if names:
+            lines += ["", f"{what} ({', '.join(f'`{n}`: ' + ' '.join(group[n]) for n in names)}; its own cache):", ""]
+            lines += header[:2] + [f"| `{n}` | {len(rows[n])} | " + " | ".join(row_cells(rows[n], columns)) + " |"
+                                   for n in names]
+            lines += ["", baselines_line(rows[names[0]][0][TEST])]
     return "\n".join(lines)
+
+
+def baselines_line(test: dict) -> str:
+    prior = dig(test, ("baselines", "object_prior", "all", "accuracy"))
+    largest = dig(test, ("baselines", "largest_shape", "all", "accuracy"))
+    chance = dig(test, HEAD + ("all", "chance"))
+    trials = dig(test, HEAD + ("all", "trials"))
+    return (f"Test split, {trials} word trials: uniform chance {chance:.3f}, object prior {prior:.3f}, "
+            f"largest-shape prior {largest:.3f} (the same for every row: they ignore the model).")
+
+
+def compare(rows: dict[str, list[dict]], a: str, b: str, source: str = VAL,
+            path: tuple = HEAD + ("multi_shape", "accuracy")) -> str:
+    """Row a minus row b, paired by training seed (the same seed gives both rows the same initial weights and the
+    same batches, so the pair's difference is what the rows' settings do): the mean and its 95 % t interval."""
+    by_seed = [{r["seed"]: dig(r[source], path) for r in rows[name] if "seed" in r} for name in (a, b)]
+    seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+    if len(seeds) < 2:
+        raise SystemExit(f"{a} and {b} share {len(seeds)} seed(s); a paired interval needs 2 or more")
+    diffs = [by_seed[0][s] - by_seed[1][s] for s in seeds]
+    mean, half = t_interval(diffs)
+    verdict = "a tie (the interval holds 0)" if mean - half <= 0 <= mean + half else (
+        f"{a} is better" if mean > 0 else f"{b} is better")
+    where = "validation" if source == VAL else "test"
+    return (f"{a} - {b}, {where}, paired over seeds {seeds}: {mean:+.3f} ± {half:.3f} "
+            f"[{', '.join(f'{d:+.3f}' for d in diffs)}]: {verdict}")
 
 
 # Curve name -> (x label, {x: row}); the default's own row of the grid gives the d_g = 128 and all-images points.
 CURVE_POINTS = {"dg": ("d_g", {64: "dg64", 128: None, 256: "dg256"}),
-                "data": ("training images", {200: "n200", 400: "n400", 800: None})}
+                "data": ("training images", {200: "n200", 400: "n400", 800: None}),
+                "data_large": (f"training images (of data.images = {LARGE_IMAGES})",
+                               {n: f"large-n{n}" for n in LARGE_SIZES})}
 
 
 def curves(rows: dict[str, list[dict]], default: str, out_dir: str) -> list[str]:
@@ -200,6 +286,8 @@ def curves(rows: dict[str, list[dict]], default: str, out_dir: str) -> list[str]
                           dig(run[TEST], ("headline", "object_prior_multi")))
                 lines.append(f"{x},{seed}," + ",".join(f"{v:.6f}" for v in values))
                 series.setdefault(x, []).append(values)
+        if not series:   # not run (yet): no file rather than an empty one
+            continue
         (out / f"curve_{curve}.csv").write_text("\n".join(lines) + "\n")
         figure = Figure(figsize=(4.2, 3.0), dpi=120)
         FigureCanvasAgg(figure)
@@ -235,7 +323,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser("queue", help="queue a part of the trial as dvc experiments")
-    q.add_argument("part", choices=("grid", "curves", "other-data"))
+    q.add_argument("part", choices=("grid", "curves", "other-data", "large"))
     q.add_argument("--seeds", type=int, default=SEEDS)
     q.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 "
                    "(--first-seed 3 --seeds 2: the 4th and 5th seeds of rows that overlap)")
@@ -243,8 +331,15 @@ def main(argv: list[str]) -> None:
     t = sub.add_parser("table", help="print the table from `dvc exp show --json` (- reads it from stdin)")
     t.add_argument("source", nargs="?", default=None)
     t.add_argument("--rev", help="the commit the experiments were queued from (default: HEAD)")
-    t.add_argument("--json", dest="json_out", help="also write every row's per-seed values to this file")
+    t.add_argument("--save", help="also write every run's metrics (the fields the docs read) to this file, "
+                   "which `table FILE` and `curves FILE` read back")
     t.add_argument("--short", action="store_true", help="the README's columns only")
+    d = sub.add_parser("compare", help="row A minus row B on validation, paired by seed, with its 95 % t interval")
+    d.add_argument("a")
+    d.add_argument("b")
+    d.add_argument("source", nargs="?", default=None)
+    d.add_argument("--rev", help="the commit the experiments were queued from (default: HEAD)")
+    d.add_argument("--test", action="store_true", help="on test instead (read once, for the report)")
     c = sub.add_parser("curves", help="write the d_g and data-size curves from `dvc exp show --json`")
     c.add_argument("source", nargs="?", default=None)
     c.add_argument("--rev", help="the commit the experiments were queued from (default: HEAD)")
@@ -252,7 +347,8 @@ def main(argv: list[str]) -> None:
     c.add_argument("--out", default="docs/figures")
     args = parser.parse_args(argv)
     if args.command == "queue":
-        rows = {"grid": {name: GRID[name] for name in PRIORITY}, "curves": CURVES, "other-data": OTHER_DATA}[args.part]
+        rows = {"grid": {name: GRID[name] for name in PRIORITY}, "curves": CURVES, "other-data": OTHER_DATA,
+                "large": LARGE}[args.part]
         if args.rows:
             unknown = sorted(set(args.rows) - set(rows))
             if unknown:
@@ -268,15 +364,20 @@ def main(argv: list[str]) -> None:
     else:
         command = ["dvc", "exp", "show", "--json"] + (["--rev", args.rev] if args.rev else [])
         shown = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-    rows = experiments(shown)
+    rows = load(shown)
     if not rows:
         sys.exit("no finished experiments named ROW-sSEED with both metrics files; run `trial.py queue` first")
+    if args.command == "compare":
+        for name in (args.a, args.b):
+            if name not in rows:
+                sys.exit(f"no finished runs of {name!r}; rows: {', '.join(sorted(rows))}")
+        print(compare(rows, args.a, args.b, TEST if args.test else VAL))
+        return
     if args.command == "curves":
         print("\n".join(curves(rows, args.default, args.out)))
         return
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(rows, f, indent=1, sort_keys=True)
+    if args.save:
+        save(rows, args.save, args.rev)
     print(table(rows, short=args.short))
 
 

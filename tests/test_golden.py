@@ -1,4 +1,4 @@
-"""Golden numbers: train + evaluate on a tiny frozen cache, every metric asserted to 1e-6.
+"""Golden numbers: train + evaluate on a tiny frozen cache, every metric asserted to a relative 1e-5.
 
 Any change to the objective, the solver, the model, the schedule, the metrics, a default in params.yaml or the
 fake cache (tests/stage2_fixtures.py) moves some of these numbers; a change meant to leave results alone must
@@ -22,7 +22,13 @@ from stages.cli import app
 
 GOLDEN = Path(__file__).parent / "golden" / "train_evaluate.json"
 UPDATE = os.environ.get("GROUNDEDBERT_UPDATE_GOLDEN") == "1"
-REL, ABS = 1e-6, 1e-9
+# 1e-5: the same code on another CPU (the file was written on an AMD EPYC; an Intel Xeon moved one mass share by
+# 1.2e-6, relative) rounds differently, while a change to the objective, the solver or a default moves the
+# numbers by far more than this (the same test, 2026-12-06).
+REL, ABS = 1e-5, 1e-9
+# The solver stops once the marginal error is below its tolerance; what is left below it is rounding, which
+# differs between CPUs and between equivalent orders of the same sums: two errors both within the tolerance agree.
+SOLVER_TOL = 1e-6
 # Pointing-game truth for two test captions (their character spans in the fake cache are 4k..4k+3).
 GROUNDING = {"cap000_0": [{"start": 0, "end": 7, "text": "x", "box": [0, 0, 32, 32]}],
              "cap001_1": [{"start": 4, "end": 11, "text": "y", "box": [0, 32, 32, 64]}],
@@ -56,6 +62,8 @@ def differences(got, want, path: str = "") -> list[str]:
     numbers = (int, float)
     if isinstance(want, numbers) and isinstance(got, numbers) and type(want) is not bool and type(got) is not bool:
         if math.isclose(got, want, rel_tol=REL, abs_tol=ABS):
+            return []
+        if path.endswith("marginal_error.") and max(got, want) <= SOLVER_TOL:
             return []
     elif got == want:
         return []

@@ -79,3 +79,44 @@ def test_the_grid_has_every_cell_and_the_balanced_row():
     assert len(cells) == 2 * 4 * 2
     assert trial.GRID["ms-s1.0-k1"] == ["train.local_score=maxsim", "train.mass=1.0", "train.patch_capacity=1.0"]
     assert {"lambda0", "paper-objective", "matching-only"} <= set(trial.GRID)
+
+
+def test_a_saved_grid_reads_back_to_the_same_table(tmp_path):
+    trial = load_trial()
+    rows = trial.experiments(shown({"a": [(0.5, 0.9), (0.6, 0.8), (0.55, 0.7)], "b": [(0.6, 0.1)] * 3}))
+    trial.save(rows, str(tmp_path / "runs.json"), "abc1234")
+    saved = json.loads((tmp_path / "runs.json").read_text())
+    assert saved["rev"] == "abc1234"
+    assert trial.table(trial.load(saved)) == trial.table(rows)
+    assert trial.table(trial.load(saved), short=True) == trial.table(rows, short=True)
+
+
+def test_slim_keeps_what_the_table_reads_and_drops_the_breakdowns():
+    trial = load_trial()
+    full = metrics(0.7)
+    full["pointing"]["plan"]["token"] = {"all": {"accuracy": 0.1}}
+    kept = trial.slim(full)
+    assert kept["pointing"]["plan"] == {"word": full["pointing"]["plan"]["word"]}
+    assert kept["headline"] == full["headline"]
+
+
+def test_rows_on_other_data_are_listed_apart_and_not_ranked_with_the_grid():
+    trial = load_trial()
+    other = next(iter(trial.OTHER_DATA))
+    rows = trial.experiments(shown({"a": [(0.5, 0.5)] * 3, other: [(0.9, 0.9)] * 3}))
+    text = trial.table(rows)
+    grid_part, other_part = text.split("The default on other data")
+    assert f"`{other}`" not in grid_part and f"`{other}`" in other_part
+    assert trial.ranked({k: v for k, v in rows.items() if k != other}) == ["a"]
+
+
+def test_a_paired_comparison_subtracts_seed_by_seed():
+    trial = load_trial()
+    # b is a - 0.02 at every seed, with a large spread across seeds: unpaired intervals overlap, paired ones do not.
+    a = [(0.5, 0.5), (0.7, 0.7), (0.9, 0.9)]
+    b = [(v - 0.02, t - 0.02) for v, t in a]
+    rows = trial.experiments(shown({"a": a, "b": b}))
+    text = trial.compare(rows, "a", "b")
+    assert "+0.020 ± 0.000" in text and "a is better" in text
+    tie = trial.experiments(shown({"a": a, "c": [(0.52, 0.5), (0.68, 0.7), (0.9, 0.9)]}))
+    assert "a tie" in trial.compare(tie, "a", "c")
