@@ -71,7 +71,31 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        use_deterministic_algorithms()
+
+
+def use_deterministic_algorithms() -> None:
+    """torch.use_deterministic_algorithms(True, warn_only=True), without its import of torch._inductor.
+
+    The public function imports torch._inductor's config only to copy the flag there, 2.3 s of every training
+    and probe process on the build machine (bench/RESULTS.md, "Training speed"), whether or not anything is
+    ever compiled. The flag itself is torch._C's; Inductor's copy is set here if Inductor is already loaded,
+    and by `inductor_follows_determinism` before anything of ours compiles. On CPU tensors the flag matters too:
+    the backward of indexing with a tensor (index_put_ with accumulate) is only deterministic with it."""
+    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if set_flag is None:   # another torch: the public way
         torch.use_deterministic_algorithms(True, warn_only=True)
+        return
+    set_flag(True, warn_only=True)
+    inductor_follows_determinism()
+
+
+def inductor_follows_determinism() -> None:
+    """Copy torch's deterministic-algorithms flag into Inductor's config, if Inductor is loaded (what
+    torch.use_deterministic_algorithms does). Call before torch.compile."""
+    config = sys.modules.get("torch._inductor.config")
+    if config is not None:
+        config.deterministic = torch.are_deterministic_algorithms_enabled()
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)

@@ -82,6 +82,10 @@ def block_function(compiled: bool):
     if not compiled or _compiled_block is False:
         return _sweep_block
     if _compiled_block is None:
+        import torch._inductor.config  # noqa: F401  (loaded here, where it is used: runtime.use_deterministic_algorithms)
+
+        from pipeline.runtime import inductor_follows_determinism
+        inductor_follows_determinism()
         _compiled_block = _guarded(torch.compile(_sweep_block, fullgraph=True))
     return _compiled_block
 
