@@ -334,6 +334,7 @@ def main(argv: list[str]) -> None:
     t.add_argument("--save", help="also write every run's metrics (the fields the docs read) to this file, "
                    "which `table FILE` and `curves FILE` read back")
     t.add_argument("--short", action="store_true", help="the README's columns only")
+    t.add_argument("--rows", nargs="*", help="only these rows (the README's: the default, no OT loss, balanced OT, ...)")
     d = sub.add_parser("compare", help="row A minus row B on validation, paired by seed, with its 95 % t interval")
     d.add_argument("a")
     d.add_argument("b")
@@ -378,6 +379,11 @@ def main(argv: list[str]) -> None:
         return
     if args.save:
         save(rows, args.save, args.rev)
+    if args.command == "table" and args.rows:
+        unknown = sorted(set(args.rows) - set(rows))
+        if unknown:
+            sys.exit(f"no finished runs of {unknown}; rows: {', '.join(sorted(rows))}")
+        rows = {name: rows[name] for name in args.rows}
     print(table(rows, short=args.short))
 
 
