@@ -129,13 +129,13 @@ def slim(metrics: dict) -> dict:
 
 
 def save(rows: dict[str, list[dict]], path: str, rev: str | None) -> None:
-    """The grid as a file: {"rev": the commit the runs were queued from, "rows": {row: [{TEST: .., VAL: ..}, ..]}},
-    seeds in the order `dvc exp show` listed them, one run per line so that a diff shows which runs changed."""
+    """The grid as a file: {"rev": the commit the runs were queued from, "rows": {row: [{seed, TEST, VAL}, ..]}},
+    rows by name and runs by seed, one run per line so that a diff shows which runs changed."""
     lines = ['{"rev": ' + json.dumps(rev) + ', "rows": {']
     for r, (name, runs) in enumerate(sorted(rows.items())):
         lines.append(f" {json.dumps(name)}: [")
-        for i, run in enumerate(sorted(runs, key=lambda r: (r.get("seed") is None, r.get("seed")))):
-            body = json.dumps({"seed": run.get("seed"), **{path_: slim(run[path_]) for path_ in (TEST, VAL)}},
+        for i, run in enumerate(sorted(runs, key=lambda r: r["seed"])):
+            body = json.dumps({"seed": run["seed"], **{path_: slim(run[path_]) for path_ in (TEST, VAL)}},
                               sort_keys=True)
             lines.append("  " + body + ("," if i < len(runs) - 1 else ""))
         lines.append(" ]" + ("," if r < len(rows) - 1 else ""))
@@ -149,6 +149,14 @@ def load(shown) -> dict[str, list[dict]]:
     if isinstance(shown, dict) and "rows" in shown:
         return shown["rows"]
     return experiments(shown)
+
+
+def only(rows: dict[str, list[dict]], names: list[str]) -> dict[str, list[dict]]:
+    """The named rows, in that order; exits naming the rows that have no finished runs."""
+    unknown = [name for name in names if name not in rows]
+    if unknown:
+        sys.exit(f"no finished runs of {unknown}; rows: {', '.join(sorted(rows))}")
+    return {name: rows[name] for name in names}
 
 
 def dig(d, path):
@@ -369,21 +377,15 @@ def main(argv: list[str]) -> None:
     if not rows:
         sys.exit("no finished experiments named ROW-sSEED with both metrics files; run `trial.py queue` first")
     if args.command == "compare":
-        for name in (args.a, args.b):
-            if name not in rows:
-                sys.exit(f"no finished runs of {name!r}; rows: {', '.join(sorted(rows))}")
-        print(compare(rows, args.a, args.b, TEST if args.test else VAL))
+        print(compare(only(rows, [args.a, args.b]), args.a, args.b, TEST if args.test else VAL))
         return
     if args.command == "curves":
         print("\n".join(curves(rows, args.default, args.out)))
         return
     if args.save:
         save(rows, args.save, args.rev)
-    if args.command == "table" and args.rows:
-        unknown = sorted(set(args.rows) - set(rows))
-        if unknown:
-            sys.exit(f"no finished runs of {unknown}; rows: {', '.join(sorted(rows))}")
-        rows = {name: rows[name] for name in args.rows}
+    if args.rows:
+        rows = only(rows, args.rows)
     print(table(rows, short=args.short))
 
 
