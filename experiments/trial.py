@@ -1,15 +1,17 @@
 """The partial-alignment trial: every row of the grid, queued as `dvc exp` runs on the one cache, and its table.
 
     python experiments/trial.py queue grid            # the 19 rows x seeds of the grid (local score x s x kappa, ...)
-    python experiments/trial.py queue curves          # d_g and data size, around the chosen default
+    python experiments/trial.py queue curves          # d_g and data size, around the chosen default (--around ROW)
     dvc queue start --jobs 2 && dvc queue status      # until every experiment is Success
     python experiments/trial.py queue other-data      # the default on a second synthesis of the data (data.seed=1)
     python experiments/trial.py queue large           # the data-size curve to 3 200 images, on data.images=4000
     python experiments/trial.py table --rev COMMIT --save docs/trial_runs.json   # `dvc exp show --json` of the
                                                       # queue's base commit; --save keeps every run's read-out in git
+    python experiments/trial.py table --rev COMMIT --merge docs/trial_runs.json --save docs/trial_runs.json
+                                                      # runs queued from a later commit, added to the record
     python experiments/trial.py table docs/trial_runs.json       # the same table from the saved file
     python experiments/trial.py compare lambda0 ms-s0.5-k16 docs/trial_runs.json   # paired by seed, on validation
-    python experiments/trial.py curves docs/trial_runs.json --default ROW   # docs/figures/curve_*.{csv,png}
+    python experiments/trial.py curves docs/trial_runs.json      # docs/figures/curve_*.{csv,png} (--default ROW)
 
 The protocol (docs/method.md, "The trial"): every row trains with seeds 0..SEEDS-1 on the same cache and is
 scored by the same two `evaluate` stages, on validation (runs/default/metrics_val.json) and on test
@@ -37,12 +39,15 @@ TEST, VAL = "runs/default/metrics.json", "runs/default/metrics_val.json"
 # Row name -> the `-S key=value` overrides that make it; everything else is params.yaml.
 # maxsim / partial_ot: the local (token-wise contrastive) score; s: train.mass; k: train.patch_capacity.
 # The balanced-OT rows are s = 1, kappa = 1: every token and every patch must send or take all its mass.
+# Every local-score x s x kappa cell trains with the partial-OT loss at the weight the trial ran it with (pinned,
+# as params.yaml's default became lambda = 0 after the trial: docs/method.md).
+OT_LOSS = 0.1
 GRID: dict[str, list[str]] = {}
 for score, tag in (("maxsim", "ms"), ("partial_ot", "pot")):
     for s in ("0.25", "0.5", "0.75", "1.0"):
         for k in ("1.0", "16.0"):
             GRID[f"{tag}-s{s}-k{int(float(k))}"] = [f"train.local_score={score}", f"train.mass={s}",
-                                                  f"train.patch_capacity={k}"]
+                                                  f"train.patch_capacity={k}", f"train.lambda_ot={OT_LOSS}"]
 GRID.update({
     "lambda0": ["train.lambda_ot=0"],                                        # no OT loss; the local term stays
     # The paper summary's objective (docs/method.md): matching + lambda * partial OT at s = 0.5 with uniform
@@ -58,25 +63,46 @@ PRIORITY = ["ms-s0.5-k16", "lambda0", "matching-only", "paper-objective", "pot-s
             "pot-s0.75-k16", "ms-s0.5-k1", "pot-s0.5-k1", "ms-s0.25-k1", "pot-s0.25-k1", "ms-s0.75-k1", "pot-s0.75-k1"]
 assert sorted(PRIORITY) == sorted(GRID)
 
-# The seed summary's two curves, on the default params.yaml holds (which the grid chose): d_g and data size.
-# The default's own row of the grid is the d_g = 128 and the all-images point of each curve.
+# The grid row params.yaml's default is (the trial chose it on validation: docs/method.md). The curves, the
+# second synthesis and the larger synthesis are run around a row (`--around`, this one unless told), named
+# f"{row}-{point}" and trained with the row's own overrides plus the point's, so that they do not depend on
+# what params.yaml holds when they run. The row's own runs give the d_g = 128 and all-images points.
+DEFAULT_ROW = "lambda0"
+# The seed summary's two curves: d_g and data size.
 CURVES: dict[str, list[str]] = {
     "dg64": ["train.d_g=64"], "dg256": ["train.d_g=256"],
     "n200": ["train.train_images=200"], "n400": ["train.train_images=400"],
 }
-# The default row on a second synthesis of the scenes data (another data.seed: other images, captions and splits),
-# as the issue's "trained on data synthesised with a seed of our own choosing". Its own cache, so it is reported
-# beside the grid, never ranked in it.
+# The row on a second synthesis of the scenes data (another data.seed: other images, captions and splits), as the
+# issue's "trained on data synthesised with a seed of our own choosing". Its own cache, so it is reported beside
+# the grid, never ranked in it.
 OTHER_DATA_SEED = 1
 OTHER_DATA: dict[str, list[str]] = {f"data{OTHER_DATA_SEED}": [f"data.seed={OTHER_DATA_SEED}"]}
-# The data-size curve to 3 200 training images needs a larger synthesis than the default's 800: the default row
-# on data.images = 4 000 (3 200 / 400 / 400), every size a nested subset of that one cache's training split, so
-# that the whole curve shares its validation and test images. Apart from the grid for the same reason as above.
+# The data-size curve to 3 200 training images needs a larger synthesis than the default's 800: the row on
+# data.images = 4 000 (3 200 / 400 / 400), every size a nested subset of that one cache's training split, so that
+# the whole curve shares its validation and test images. Apart from the grid for the same reason as above.
 LARGE_IMAGES = 4000
 LARGE_SIZES = (200, 400, 800, 1600, 3200)
 LARGE: dict[str, list[str]] = {f"large-n{n}": [f"data.images={LARGE_IMAGES}", f"train.train_images={n}"]
                                for n in LARGE_SIZES}
-APART = {**OTHER_DATA, **LARGE}
+PARTS = {"curves": CURVES, "other-data": OTHER_DATA, "large": LARGE}
+
+
+def around(row: str, points: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The points as rows of their own around a grid row: f"{row}-{point}" -> the row's overrides, then the point's."""
+    return {f"{row}-{point}": GRID[row] + overrides for point, overrides in points.items()}
+
+
+def point_of(name: str, part: str) -> str | None:
+    """The point of PARTS[part] a row was run at (lambda0-large-n800 -> large-n800), or None."""
+    return next((point for point in PARTS[part] if name.endswith(f"-{point}")), None)
+
+
+def apart(name: str) -> str | None:
+    """Which group of rows on other data a row belongs to ("other-data" / "large"), or None for the grid's cache."""
+    return next((part for part in ("other-data", "large") if point_of(name, part)), None)
+
+
 
 # (column, metrics path). The headline is per-word pointing of the plan at the evaluation's OT setting
 # (evaluate.mass, evaluate.epsilon, evaluate.patch_capacity), chosen on validation and the same for every row.
@@ -149,6 +175,14 @@ def load(shown) -> dict[str, list[dict]]:
     if isinstance(shown, dict) and "rows" in shown:
         return shown["rows"]
     return experiments(shown)
+
+
+def merge(kept: dict[str, list[dict]], new: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The kept runs with the new ones added; a new run of a row and seed replaces the kept one."""
+    merged = {name: {run["seed"]: run for run in runs} for name, runs in kept.items()}
+    for name, runs in new.items():
+        merged.setdefault(name, {}).update({run["seed"]: run for run in runs})
+    return {name: [by_seed[seed] for seed in sorted(by_seed)] for name, by_seed in merged.items()}
 
 
 def only(rows: dict[str, list[dict]], names: list[str]) -> dict[str, list[dict]]:
@@ -225,21 +259,28 @@ def table(rows: dict[str, list[dict]], short: bool = False) -> str:
     columns = [c for c in COLUMNS if c[0] in SHORT] if short else COLUMNS
     header = ["| row (by validation) | seeds | " + " | ".join(h for h, _, _ in columns) + " |",
               "|---" * (len(columns) + 2) + "|"]
-    grid = {name: runs for name, runs in rows.items() if name not in APART}
+    grid = {name: runs for name, runs in rows.items() if apart(name) is None}
     lines = list(header)
     for name in ranked(grid):
         lines.append(f"| `{name}` | {len(grid[name])} | " + " | ".join(row_cells(grid[name], columns)) + " |")
     if grid:
         lines += ["", baselines_line(next(iter(grid.values()))[0][TEST])]
-    for group, what in ((OTHER_DATA, "The default on other data"),
-                        (LARGE, f"The default on a larger synthesis (data.images = {LARGE_IMAGES}), by training images")):
-        names = [n for n in group if n in rows]
+    for part, what in (("other-data", "On other data"),
+                       ("large", f"On a larger synthesis (data.images = {LARGE_IMAGES}), by training images")):
+        names = sorted((n for n in rows if apart(n) == part), key=lambda n: (n.rsplit("-", 1)[0], point_size(n)))
         if names:
-            lines += ["", f"{what} ({', '.join(f'`{n}`: ' + ' '.join(group[n]) for n in names)}; its own cache):", ""]
+            overrides = ", ".join(f"`{n}`: " + " ".join(PARTS[part][point_of(n, part)]) for n in names)
+            lines += ["", f"{what} ({overrides}; its own cache):", ""]
             lines += header[:2] + [f"| `{n}` | {len(rows[n])} | " + " | ".join(row_cells(rows[n], columns)) + " |"
                                    for n in names]
             lines += ["", baselines_line(rows[names[0]][0][TEST])]
     return "\n".join(lines)
+
+
+def point_size(name: str) -> int:
+    """The number in a row's last part (large-n1600 -> 1600), so that a curve's rows list in order of size."""
+    digits = "".join(c for c in name.rsplit("-", 1)[1] if c.isdigit())
+    return int(digits) if digits else 0
 
 
 def baselines_line(test: dict) -> str:
@@ -268,7 +309,7 @@ def compare(rows: dict[str, list[dict]], a: str, b: str, source: str = VAL,
             f"[{', '.join(f'{d:+.3f}' for d in diffs)}]: {verdict}")
 
 
-# Curve name -> (x label, {x: row}); the default's own row of the grid gives the d_g = 128 and all-images points.
+# Curve name -> (x label, {x: point}); the row's own runs give the d_g = 128 and all-images points (None).
 CURVE_POINTS = {"dg": ("d_g", {64: "dg64", 128: None, 256: "dg256"}),
                 "data": ("training images", {200: "n200", 400: "n400", 800: None}),
                 "data_large": (f"training images (of data.images = {LARGE_IMAGES})",
@@ -276,7 +317,8 @@ CURVE_POINTS = {"dg": ("d_g", {64: "dg64", 128: None, 256: "dg256"}),
 
 
 def curves(rows: dict[str, list[dict]], default: str, out_dir: str) -> list[str]:
-    """One CSV (x, seed, validation and test headline) and one PNG (mean and seed interval) per curve."""
+    """One CSV (x, seed, validation and test headline) and one PNG (mean and seed interval) per curve of the points
+    run around the row `default` (f"{default}-{point}")."""
     from pathlib import Path
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -288,7 +330,7 @@ def curves(rows: dict[str, list[dict]], default: str, out_dir: str) -> list[str]
     for curve, (label, points) in CURVE_POINTS.items():
         lines, series = ["x,seed,val_word_multi,test_word_multi,test_object_prior"], {}
         for x, row in points.items():
-            for seed, run in enumerate(rows.get(row or default, [])):
+            for seed, run in enumerate(rows.get(f"{default}-{row}" if row else default, [])):
                 values = (dig(run[VAL], HEAD + ("multi_shape", "accuracy")),
                           dig(run[TEST], HEAD + ("multi_shape", "accuracy")),
                           dig(run[TEST], ("headline", "object_prior_multi")))
@@ -336,11 +378,15 @@ def main(argv: list[str]) -> None:
     q.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 "
                    "(--first-seed 3 --seeds 2: the 4th and 5th seeds of rows that overlap)")
     q.add_argument("--rows", nargs="*", help="only these rows")
+    q.add_argument("--around", default=DEFAULT_ROW, choices=sorted(GRID),
+                   help="the grid row the curves, other data and the larger synthesis are run around")
     t = sub.add_parser("table", help="print the table from `dvc exp show --json` (- reads it from stdin)")
     t.add_argument("source", nargs="?", default=None)
     t.add_argument("--rev", help="the commit the experiments were queued from (default: HEAD)")
     t.add_argument("--save", help="also write every run's metrics (the fields the docs read) to this file, "
                    "which `table FILE` and `curves FILE` read back")
+    t.add_argument("--merge", help="a file `--save` wrote: its runs first, then these (a row's seed run again "
+                   "replaces the kept one), so that runs queued from several commits make one record")
     t.add_argument("--short", action="store_true", help="the README's columns only")
     t.add_argument("--rows", nargs="*", help="only these rows (the README's: the default, no OT loss, balanced OT, ...)")
     d = sub.add_parser("compare", help="row A minus row B on validation, paired by seed, with its 95 % t interval")
@@ -352,12 +398,13 @@ def main(argv: list[str]) -> None:
     c = sub.add_parser("curves", help="write the d_g and data-size curves from `dvc exp show --json`")
     c.add_argument("source", nargs="?", default=None)
     c.add_argument("--rev", help="the commit the experiments were queued from (default: HEAD)")
-    c.add_argument("--default", required=True, help="the grid row params.yaml's default is (its points at 128 / all)")
+    c.add_argument("--default", default=DEFAULT_ROW, help="the grid row the curves were run around (its own "
+                   "runs give the points at d_g = 128 and at all images)")
     c.add_argument("--out", default="docs/figures")
     args = parser.parse_args(argv)
     if args.command == "queue":
-        rows = {"grid": {name: GRID[name] for name in PRIORITY}, "curves": CURVES, "other-data": OTHER_DATA,
-                "large": LARGE}[args.part]
+        rows = ({name: GRID[name] for name in PRIORITY} if args.part == "grid"
+                else around(args.around, PARTS[args.part]))
         if args.rows:
             unknown = sorted(set(args.rows) - set(rows))
             if unknown:
@@ -382,8 +429,13 @@ def main(argv: list[str]) -> None:
     if args.command == "curves":
         print("\n".join(curves(rows, args.default, args.out)))
         return
+    rev = args.rev
+    if args.merge:
+        with open(args.merge) as f:
+            kept = json.load(f)
+        rows, rev = merge(kept["rows"], rows), " ".join(r for r in (kept.get("rev"), args.rev or "HEAD") if r)
     if args.save:
-        save(rows, args.save, args.rev)
+        save(rows, args.save, rev)
     if args.rows:
         rows = only(rows, args.rows)
     print(table(rows, short=args.short))

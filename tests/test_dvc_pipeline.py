@@ -83,11 +83,11 @@ def test_repro_then_experiment_reuses_the_cache(tmp_path):
 
     sh("git", "add", "-A")
     sh("git", "commit", "-q", "-m", "repro")
-    out = sh(*dvc, "exp", "run", "evaluate", "-S", "train.lambda_ot=0.0")
+    out = sh(*dvc, "exp", "run", "evaluate", "-S", "train.lambda_ot=0.1")
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out, out
     assert "Running stage 'extract" not in out and "Running stage 'synth'" not in out, out
     assert {s: (repo / f"cache/default/{s}/manifest.json").stat().st_mtime_ns for s in manifests} == manifests
-    assert json.loads((repo / "runs/default/config.json").read_text())["train"]["lambda_ot"] == 0.0
+    assert json.loads((repo / "runs/default/config.json").read_text())["train"]["lambda_ot"] == 0.1
 
     # An experiment in a workspace of its own (what `dvc exp run --queue` does): its params.yaml, not the
     # one beside the installed package or in this checkout, must decide the run.

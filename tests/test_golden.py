@@ -38,7 +38,10 @@ GROUNDING = {"cap000_0": [{"start": 0, "end": 7, "text": "x", "box": [0, 0, 32, 
 def run_golden(root: Path) -> dict:
     cache, run = make_cache(root / "cache"), root / "run"
     (root / "grounding.json").write_text(json.dumps(GROUNDING))
-    sets = [x for s in TINY_TRAIN + ["train.epochs=3", "train.seed=0", "train.device=cpu"] for x in ("--set", s)]
+    # The OT loss on (the paper's weight; params.yaml's default is 0), so that the file also pins the objective's
+    # OT terms and the batched solver inside training.
+    sets = [x for s in TINY_TRAIN + ["train.epochs=3", "train.seed=0", "train.device=cpu", "train.lambda_ot=0.1"]
+            for x in ("--set", s)]
     runner = CliRunner()
     trained = runner.invoke(app, ["train", "--cache", cache, "--out", run, "--no-resume", *sets])
     assert trained.exit_code == 0, trained.output

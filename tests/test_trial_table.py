@@ -62,9 +62,9 @@ def test_unfinished_experiments_are_left_out():
 
 def test_curves_write_one_csv_row_per_seed_and_point(tmp_path):
     trial = load_trial()
-    rows = trial.experiments(shown({"default": [(0.6, 0.6)] * 3, "dg64": [(0.5, 0.5)] * 3,
-                                    "dg256": [(0.7, 0.7)] * 3, "n200": [(0.3, 0.3)] * 3,
-                                    "n400": [(0.4, 0.4)] * 3}))
+    rows = trial.experiments(shown({"default": [(0.6, 0.6)] * 3, "default-dg64": [(0.5, 0.5)] * 3,
+                                    "default-dg256": [(0.7, 0.7)] * 3, "default-n200": [(0.3, 0.3)] * 3,
+                                    "default-n400": [(0.4, 0.4)] * 3, "other-n200": [(0.9, 0.9)] * 2}))
     written = trial.curves(rows, "default", str(tmp_path))
     lines = (tmp_path / "curve_data.csv").read_text().splitlines()
     assert lines[0].startswith("x,seed,")
@@ -77,7 +77,8 @@ def test_the_grid_has_every_cell_and_the_balanced_row():
     trial = load_trial()
     cells = [name for name in trial.GRID if name.startswith(("ms-", "pot-"))]
     assert len(cells) == 2 * 4 * 2
-    assert trial.GRID["ms-s1.0-k1"] == ["train.local_score=maxsim", "train.mass=1.0", "train.patch_capacity=1.0"]
+    assert trial.GRID["ms-s1.0-k1"] == ["train.local_score=maxsim", "train.mass=1.0", "train.patch_capacity=1.0",
+                                        "train.lambda_ot=0.1"]
     assert {"lambda0", "paper-objective", "matching-only"} <= set(trial.GRID)
 
 
@@ -102,10 +103,10 @@ def test_slim_keeps_what_the_table_reads_and_drops_the_breakdowns():
 
 def test_rows_on_other_data_are_listed_apart_and_not_ranked_with_the_grid():
     trial = load_trial()
-    other = next(iter(trial.OTHER_DATA))
+    other = f"a-{next(iter(trial.OTHER_DATA))}"
     rows = trial.experiments(shown({"a": [(0.5, 0.5)] * 3, other: [(0.9, 0.9)] * 3}))
     text = trial.table(rows)
-    grid_part, other_part = text.split("The default on other data")
+    grid_part, other_part = text.split("On other data")
     assert f"`{other}`" not in grid_part and f"`{other}`" in other_part
     assert trial.ranked({k: v for k, v in rows.items() if k != other}) == ["a"]
 
@@ -120,3 +121,21 @@ def test_a_paired_comparison_subtracts_seed_by_seed():
     assert "+0.020 ± 0.000" in text and "a is better" in text
     tie = trial.experiments(shown({"a": a, "c": [(0.52, 0.5), (0.68, 0.7), (0.9, 0.9)]}))
     assert "a tie" in trial.compare(tie, "a", "c")
+
+
+def test_points_run_around_a_row_carry_its_overrides_then_their_own():
+    trial = load_trial()
+    rows = trial.around("ms-s0.5-k16", trial.LARGE)
+    assert rows["ms-s0.5-k16-large-n800"] == trial.GRID["ms-s0.5-k16"] + ["data.images=4000", "train.train_images=800"]
+    assert trial.apart("ms-s0.5-k16-large-n800") == "large" and trial.apart("lambda0-data1") == "other-data"
+    assert trial.apart("lambda0-dg64") is None and trial.apart("lambda0") is None
+
+
+def test_merging_a_record_adds_rows_and_replaces_a_seed_run_again():
+    trial = load_trial()
+    kept = trial.experiments(shown({"a": [(0.5, 0.5), (0.6, 0.6)], "b": [(0.1, 0.1)]}))
+    new = trial.experiments(shown({"a": [(0.9, 0.9)], "c": [(0.3, 0.3)]}))   # a's seed 0 again, and a new row
+    merged = trial.merge(kept, new)
+    assert sorted(merged) == ["a", "b", "c"]
+    assert [r["seed"] for r in merged["a"]] == [0, 1]
+    assert trial.dig(merged["a"][0][trial.VAL], trial.HEAD + ("multi_shape", "accuracy")) == 0.9
