@@ -405,7 +405,8 @@ def main(argv: list[str]) -> None:
     if args.command == "queue":
         rows = ({name: GRID[name] for name in PRIORITY} if args.part == "grid"
                 else around(args.around, PARTS[args.part]))
-        if args.rows:
+        if args.rows:   # a point's own name (large-n800) or its row's (lambda0-large-n800)
+            args.rows = [name if name in rows or args.part == "grid" else f"{args.around}-{name}" for name in args.rows]
             unknown = sorted(set(args.rows) - set(rows))
             if unknown:
                 parser.error(f"unknown rows {unknown}; the {args.part} has {sorted(rows)}")
