@@ -14,6 +14,12 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests marked slow first, so that on several workers (pytest-xdist) the longest one overlaps the rest
+    of the suite instead of running alone at its end; the order is otherwise the collection's."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """The tiny BERT's folder, the text model of the extraction tests (written once per session)."""
