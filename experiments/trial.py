@@ -103,7 +103,6 @@ def apart(name: str) -> str | None:
     return next((part for part in ("other-data", "large") if point_of(name, part)), None)
 
 
-
 # (column, metrics path). The headline is per-word pointing of the plan at the evaluation's OT setting
 # (evaluate.mass, evaluate.epsilon, evaluate.patch_capacity), chosen on validation and the same for every row.
 HEAD = ("pointing", "plan", "word")
@@ -155,8 +154,9 @@ def slim(metrics: dict) -> dict:
 
 
 def save(rows: dict[str, list[dict]], path: str, rev: str | None) -> None:
-    """The grid as a file: {"rev": the commit the runs were queued from, "rows": {row: [{seed, TEST, VAL}, ..]}},
-    rows by name and runs by seed, one run per line so that a diff shows which runs changed."""
+    """The grid as a file: {"rev": the commit(s) the runs were queued from (space-separated), "rows": {row:
+    [{seed, TEST, VAL}, ..]}}, rows by name and runs by seed, one run per line so that a diff shows which runs
+    changed."""
     lines = ['{"rev": ' + json.dumps(rev) + ', "rows": {']
     for r, (name, runs) in enumerate(sorted(rows.items())):
         lines.append(f" {json.dumps(name)}: [")
@@ -406,7 +406,8 @@ def main(argv: list[str]) -> None:
         rows = ({name: GRID[name] for name in PRIORITY} if args.part == "grid"
                 else around(args.around, PARTS[args.part]))
         if args.rows:   # a point's own name (large-n800) or its row's (lambda0-large-n800)
-            args.rows = [name if name in rows or args.part == "grid" else f"{args.around}-{name}" for name in args.rows]
+            args.rows = [name if name in rows or args.part == "grid" else f"{args.around}-{name}"
+                         for name in args.rows]
             unknown = sorted(set(args.rows) - set(rows))
             if unknown:
                 parser.error(f"unknown rows {unknown}; the {args.part} has {sorted(rows)}")
