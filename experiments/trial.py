@@ -435,7 +435,8 @@ def main(argv: list[str]) -> None:
     if args.merge:
         with open(args.merge) as f:
             kept = json.load(f)
-        rows, rev = merge(kept["rows"], rows), " ".join(r for r in (kept.get("rev"), args.rev or "HEAD") if r)
+        revs = (kept.get("rev") or "").split() + [args.rev or "HEAD"]
+        rows, rev = merge(kept["rows"], rows), " ".join(dict.fromkeys(revs))   # each commit once, in order
     if args.save:
         save(rows, args.save, rev)
     if args.rows:
