@@ -25,7 +25,7 @@ app = typer.Typer(help="GroundedBERT: frozen-encoder feature cache + grounding m
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 downstream.register(data.app, "glue-fixtures")
-downstream.register(evaluate.app, "glue", "squad")
+downstream.register(evaluate.app, "glue", "squad", "downstream")
 
 
 @app.callback()

@@ -39,6 +39,7 @@ def world(tmp_path_factory):
     app = typer.Typer()
     app.command("glue")(downstream.glue)
     app.command("squad")(downstream.squad)
+    app.command("downstream")(downstream.suite)
     app.command("fixtures")(downstream.fixtures)
     return {"root": root, "run": root / "run", "data": data, "app": app, "model": name}
 
@@ -153,6 +154,39 @@ def test_bad_data_exits_2_naming_file_and_line(world, tmp_path):
     assert f"file {folder / 'train.tsv'}, item line 3: label '2' not in the sst2 label set" in r.output
     r = _invoke(world, "squad", "--data", tmp_path / "train-v1.1.json", "--run", world["run"], "--out", tmp_path / "o")
     assert r.exit_code == 2 and "none found beside the train file" in r.output
+
+
+@pytest.mark.parametrize("mode", ["probe", "finetune"])
+def test_the_suite_gives_each_task_what_its_own_command_gives(world, mode, tmp_path):
+    """`evaluate downstream` runs the tasks in one process, in the order asked; each task's numbers are those of its
+    own command, finetune mode included (it trains the encoder and f_g, which the suite loads afresh per task)."""
+    common = ["--run", world["run"], "--mode", mode, "--cache", tmp_path / "cache", *FAST]
+    r = _invoke(world, "downstream", "--data", world["root"] / "fixtures", "--tasks", "rte,squad2.0,cola",
+                "--out", tmp_path / "suite", *common)
+    assert r.exit_code == 0, r.output
+    assert [line for line in r.output.splitlines() if line.startswith("== ")] == ["== rte", "== squad2.0", "== cola"]
+    assert sorted(p.name for p in (tmp_path / "suite").iterdir()) == ["cola", "rte", "squad2.0"]
+    for task in ("rte", "squad2.0", "cola"):
+        own = (["squad", "--data", world["data"][task]] if task.startswith("squad")
+               else ["glue", "--task", task, "--data", world["data"][task]])
+        assert _invoke(world, *own, "--out", tmp_path / "own" / task, *common).exit_code == 0
+        suite, alone = (json.loads((tmp_path / d / task / "comparison.json").read_text()) for d in ("suite", "own"))
+        assert suite["metrics"] == alone["metrics"] and suite["task"] == alone["task"]
+        assert (tmp_path / "suite" / task / "downstream_config.json").read_text() == \
+            (tmp_path / "own" / task / "downstream_config.json").read_text()
+
+
+def test_the_suite_names_an_unknown_task_or_a_missing_input_before_running_any(world, tmp_path):
+    args = ["--run", world["run"], "--out", tmp_path / "o", *FAST]
+    r = _invoke(world, "downstream", "--data", world["root"] / "fixtures", "--tasks", "cola,imagenet", *args)
+    assert r.exit_code == 2 and "--tasks names ['imagenet']" in r.output and "squad2.0" in r.output
+    partial = tmp_path / "partial"
+    (partial / "glue").mkdir(parents=True)
+    r = _invoke(world, "downstream", "--data", partial, "--tasks", "rte,squad1.1", *args)
+    assert r.exit_code == 2
+    assert f"file {partial}" in r.output and str(partial / "glue" / "RTE") in r.output
+    assert str(partial / "squad" / "train-v1.1.json") in r.output
+    assert not (tmp_path / "o").exists()   # nothing ran
 
 
 def test_fixtures_command_writes_every_task(world, tmp_path):

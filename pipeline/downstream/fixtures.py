@@ -14,11 +14,8 @@ import json
 import random
 from pathlib import Path
 
+from pipeline.downstream.glue import FOLDERS
 from pipeline.io.atomic import atomic_path
-
-# GLUE's folder names, as in the official download.
-FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
-           "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
 
 SUBJECTS = ["the cat", "a dog", "the teacher", "my friend", "the farmer", "a child", "the pilot", "her brother"]
 VERBS = {"watched": "watch", "painted": "paint", "carried": "carry", "found": "find", "cleaned": "clean",

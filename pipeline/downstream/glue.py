@@ -46,6 +46,10 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     TaskSpec("rte", "sentence1", "sentence2", "label", ("entailment", "not_entailment"), ("accuracy",)),
     TaskSpec("wnli", "sentence1", "sentence2", "label", ("0", "1"), ("accuracy",)),
 )}
+# Each task's folder name in GLUE's official download (the fixtures use them too).
+FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
+           "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+assert list(FOLDERS) == list(TASKS)
 # The names GLUE's own folders use, so `--task SST-2` or `--task STS-B` works as well as `sst2`.
 ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli-mm": "mnli"}
 
