@@ -80,6 +80,9 @@ def test_the_grid_has_every_cell_and_the_balanced_row():
     assert trial.GRID["ms-s1.0-k1"] == ["train.local_score=maxsim", "train.mass=1.0", "train.patch_capacity=1.0",
                                         "train.lambda_ot=0.1"]
     assert {"lambda0", "paper-objective", "matching-only"} <= set(trial.GRID)
+    # The partial-OT score's rows keep the 8 negatives they ran with, whatever params.yaml's default is.
+    assert "train.local_negatives=8" in trial.GRID["pot-s1.0-k1"]
+    assert not any(o.startswith("train.local_negatives") for o in trial.GRID["ms-s1.0-k1"])
 
 
 def test_a_saved_grid_reads_back_to_the_same_table(tmp_path):
