@@ -49,10 +49,10 @@ GRID: dict[str, list[str]] = {}
 for score, tag in (("maxsim", "ms"), ("partial_ot", "pot")):
     for s in ("0.25", "0.5", "0.75", "1.0"):
         for k in ("1.0", "16.0"):
+            # partial_ot: pinned to the negatives the trial scored each caption against (params.yaml's: 2)
+            pot = [f"train.local_negatives={POT_NEGATIVES}"] if score == "partial_ot" else []
             GRID[f"{tag}-s{s}-k{int(float(k))}"] = [f"train.local_score={score}", f"train.mass={s}",
-                                                  f"train.patch_capacity={k}", f"train.lambda_ot={OT_LOSS}"]
-            if score == "partial_ot":   # the negatives the trial scored each caption against (params.yaml's: 2)
-                GRID[f"{tag}-s{s}-k{int(float(k))}"].append(f"train.local_negatives={POT_NEGATIVES}")
+                                                  f"train.patch_capacity={k}", f"train.lambda_ot={OT_LOSS}", *pot]
 GRID.update({
     "lambda0": ["train.lambda_ot=0"],                                        # no OT loss; the local term stays
     # The paper summary's objective (docs/method.md): matching + lambda * partial OT at s = 0.5 with uniform
@@ -441,7 +441,7 @@ def main(argv: list[str]) -> None:
         with open(args.merge) as f:
             kept = json.load(f)
         revs = (kept.get("rev") or "").split() + [args.rev or "HEAD"]
-        rows, rev = merge(kept["rows"], rows), " ".join(dict.fromkeys(revs))   # each commit once, in order
+        rows, rev = merge(load(kept), rows), " ".join(dict.fromkeys(revs))   # each commit once, in order
     if args.save:
         save(rows, args.save, rev)
     if args.rows:
