@@ -368,7 +368,9 @@ def queue(rows: dict[str, list[str]], seeds: int, first_seed: int = 0) -> None:
     for name, overrides in rows.items():
         for seed in range(first_seed, first_seed + seeds):
             command = ["dvc", "exp", "run", "--queue", "evaluate", "evaluate_val", "-n", f"{name}-s{seed}",
-                       "-S", f"train.seed={seed}", "-S", f"train.epochs={TRIAL_EPOCHS}"]
+                       "-S", f"train.seed={seed}", "-S", f"train.epochs={TRIAL_EPOCHS}",
+                       # `dvc queue start --jobs 2` runs two at once: one thread each, not two fighting for a core
+                       "-S", "train.num_threads=1"]
             for override in overrides:
                 command += ["-S", override]
             subprocess.run(command, check=True)

@@ -6,9 +6,10 @@
     groundedbert data glue-fixtures OUT_DIR
 
 `evaluate downstream` runs every GLUE task and both SQuAD versions of a folder laid out as GLUE and SQuAD are
-distributed (DIR/glue/CoLA/, ..., DIR/squad/train-v1.1.json) in one process, each into OUT/<task>/ exactly as
-`evaluate glue` and `evaluate squad` would: torch and transformers are imported once, not per task (about 6 s a
-process on 2 cores, most of a task's time on the fixtures).
+distributed (DIR/glue/CoLA/, ..., DIR/squad/train-v1.1.json), each into OUT/<task>/ exactly as `evaluate glue` and
+`evaluate squad` would: torch and transformers are imported once, not per task (about 6 s a process on 2 cores,
+most of a task's time on the fixtures), and in probe mode the tasks run side by side in worker processes forked
+from that one, a task per core (`--jobs`; pipeline/downstream/task_pool.py).
 
 The text encoder and layer are the run's own (its config's `extract` section), so the features are
 the ones f_g was trained on. OUT/comparison.json and OUT/comparison.md hold the comparison (mean ±
@@ -147,17 +148,36 @@ def suite(
     cache: CacheOpt = None,
     config: ConfigOpt = None,
     set: SetOpt = None,
+    jobs: Annotated[int, typer.Option(min=0, help="Tasks run side by side, each in a worker process (0: one per "
+                                                  "torch thread in probe mode, whose heads train on one thread "
+                                                  "each; one at a time in finetune mode or on a GPU).")] = 0,
 ) -> None:
     """Every task loads the run's encoder and f_g afresh (finetune mode trains them), so each result is the one its
-    own `evaluate glue` / `evaluate squad` gives."""
-    for name, path in suite_tasks(data, tasks).items():
-        typer.echo(f"== {name}")
-        if name.startswith("squad"):
-            _squad(path, None, run, out / name, mode=mode, seeds=seeds, version="auto", cache=cache, config=config,
-                   overrides=set)
-        else:
-            _glue(name, path, run, out / name, mode=mode, seeds=seeds, pooling=pooling, cache=cache, config=config,
-                  overrides=set)
+    own `evaluate glue` / `evaluate squad` gives, whether the tasks run one after another or side by side."""
+    from pipeline.downstream.task_pool import auto_jobs, run_side_by_side
+
+    inputs = suite_tasks(data, tasks)
+    calls = [(name, path, run, out / name, dict(mode=mode, seeds=seeds, pooling=pooling, cache=cache, config=config,
+                                                 overrides=set)) for name, path in inputs.items()]
+    jobs = jobs or auto_jobs(mode, len(calls))
+    if jobs == 1:
+        for call in calls:
+            typer.echo(f"== {call[0]}")
+            _suite_task(*call)
+        return
+    longest = [i for i, call in enumerate(calls) if call[0].startswith("squad")]   # SQuAD's windows: ~7x a GLUE task
+    for call, printed in zip(calls, run_side_by_side(_suite_task, calls, jobs, first=longest)):
+        typer.echo(f"== {call[0]}")
+        typer.echo(printed, nl=False)
+
+
+def _suite_task(name: str, path: Path, run: Path, out: Path, options: dict) -> None:
+    """One task of the suite, as its own command runs it (module level, so that a worker process can call it)."""
+    if name.startswith("squad"):
+        options = {k: v for k, v in options.items() if k != "pooling"}
+        _squad(path, None, run, out, version="auto", **options)
+    else:
+        _glue(name, path, run, out, **options)
 
 
 @friendly_errors
@@ -178,7 +198,7 @@ def fixtures(
 COMMANDS = {
     "glue": (glue, "GLUE task: a head on h alone vs on h concatenated with f_g(h) (probe or finetune)."),
     "squad": (squad, "SQuAD v1.1/v2.0: start/end heads on h alone vs on h concatenated with f_g(h)."),
-    "downstream": (suite, "Every GLUE task and both SQuAD versions of a folder, in one process."),
+    "downstream": (suite, "Every GLUE task and both SQuAD versions of a folder, side by side on the cores."),
     "glue-fixtures": (fixtures, "Small GLUE and SQuAD files in the official formats."),
 }
 

@@ -156,15 +156,17 @@ def test_bad_data_exits_2_naming_file_and_line(world, tmp_path):
     assert r.exit_code == 2 and "none found beside the train file" in r.output
 
 
-@pytest.mark.parametrize("mode", ["probe", "finetune"])
-def test_the_suite_gives_each_task_what_its_own_command_gives(world, mode, tmp_path):
-    """`evaluate downstream` runs the tasks in one process, in the order asked; each task's numbers are those of its
-    own command, finetune mode included (it trains the encoder and f_g, which the suite loads afresh per task)."""
+@pytest.mark.parametrize("mode, jobs", [("probe", "1"), ("probe", "2"), ("finetune", "0")])
+def test_the_suite_gives_each_task_what_its_own_command_gives(world, mode, jobs, tmp_path):
+    """`evaluate downstream` reports the tasks in the order asked, one after another or side by side in worker
+    processes; each task's numbers are those of its own command, finetune mode included (it trains the encoder and
+    f_g, which the suite loads afresh per task)."""
     common = ["--run", world["run"], "--mode", mode, "--cache", tmp_path / "cache", *FAST]
     r = _invoke(world, "downstream", "--data", world["root"] / "fixtures", "--tasks", "rte,squad2.0,cola",
-                "--out", tmp_path / "suite", *common)
+                "--out", tmp_path / "suite", "--jobs", jobs, *common)
     assert r.exit_code == 0, r.output
     assert [line for line in r.output.splitlines() if line.startswith("== ")] == ["== rte", "== squad2.0", "== cola"]
+    assert r.output.count("baseline: the head on h alone") == 3   # each task's report, under its own heading
     assert sorted(p.name for p in (tmp_path / "suite").iterdir()) == ["cola", "rte", "squad2.0"]
     for task in ("rte", "squad2.0", "cola"):
         own = (["squad", "--data", world["data"][task]] if task.startswith("squad")
@@ -187,6 +189,22 @@ def test_the_suite_names_an_unknown_task_or_a_missing_input_before_running_any(w
     assert f"file {partial}" in r.output and str(partial / "glue" / "RTE") in r.output
     assert str(partial / "squad" / "train-v1.1.json") in r.output
     assert not (tmp_path / "o").exists()   # nothing ran
+
+
+def test_a_bad_item_side_by_side_stops_the_suite_with_that_tasks_error(world, tmp_path):
+    """A user error in a worker comes back as the one-line error its own command gives (exit 2), after the reports
+    of the tasks asked for before it; the tasks after it are not reported."""
+    data = tmp_path / "fixtures"
+    write_all(data, n_train=12, n_dev=6)
+    bad = data / "glue" / FOLDERS["rte"] / "train.tsv"
+    lines = bad.read_text().splitlines()
+    bad.write_text("\n".join(lines[:2] + [lines[2].rsplit("\t", 1)[0] + "\tmaybe"] + lines[3:]) + "\n")
+    r = _invoke(world, "downstream", "--data", data, "--tasks", "cola,rte,sst2", "--jobs", "2", "--run", world["run"],
+                "--out", tmp_path / "o", "--cache", tmp_path / "cache", *FAST)
+    assert r.exit_code == 2, r.output
+    assert [line for line in r.output.splitlines() if line.startswith("== ")] == ["== cola", "== rte"]
+    assert f"error: file {bad}, item line 3: label 'maybe' not in the rte label set" in r.output
+    assert (tmp_path / "o" / "cola" / "comparison.json").is_file()
 
 
 def test_fixtures_command_writes_every_task(world, tmp_path):

@@ -142,3 +142,15 @@ def test_merging_a_record_adds_rows_and_replaces_a_seed_run_again():
     assert sorted(merged) == ["a", "b", "c"]
     assert [r["seed"] for r in merged["a"]] == [0, 1]
     assert trial.dig(merged["a"][0][trial.VAL], trial.HEAD + ("multi_shape", "accuracy")) == 0.9
+
+
+def test_queued_runs_take_one_thread_each_because_the_queue_runs_two_at_once(monkeypatch):
+    trial = load_trial()
+    commands = []
+    monkeypatch.setattr(trial.subprocess, "run", lambda command, check: commands.append(command))
+    trial.queue({"row": ["train.mass=0.5"]}, seeds=2, first_seed=3)
+    assert [c[c.index("-n") + 1] for c in commands] == ["row-s3", "row-s4"]
+    for command in commands:
+        overrides = [command[i + 1] for i, word in enumerate(command) if word == "-S"]
+        assert "train.num_threads=1" in overrides and "train.mass=0.5" in overrides
+        assert overrides.index("train.num_threads=1") < overrides.index("train.mass=0.5")  # a row may still override it
