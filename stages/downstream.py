@@ -166,8 +166,9 @@ def suite(
             _suite_task(*call)
         return
     longest = [i for i, call in enumerate(calls) if call[0].startswith("squad")]   # SQuAD's windows: ~7x a GLUE task
-    for call, printed in zip(calls, run_side_by_side(_suite_task, calls, jobs, first=longest)):
-        typer.echo(f"== {call[0]}")
+    names = [call[0] for call in calls]
+    for name, printed in zip(names, run_side_by_side(_suite_task, calls, jobs, first=longest, labels=names)):
+        typer.echo(f"== {name}")
         typer.echo(printed, nl=False)
 
 

@@ -6,13 +6,16 @@ its own inputs and cache folder and writes its own output folder), and each is t
 worker as in the parent, so running them side by side changes only when they finish, not what they write.
 
 The caller gets each task's printed report back in the order it asked for, whichever finished first; a user error
-in a task (a bad file, a bad item) comes back as that error, as it would from the task run alone.
+in a task (a bad file, a bad item) comes back as that error, as it would from the task run alone, and a worker that
+dies (killed, out of memory) is named instead of leaving the command waiting for it.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
 
 import torch
@@ -51,19 +54,44 @@ def _run_captured(fn: Callable, args: tuple) -> tuple[str, str | None]:
     return printed.getvalue(), None
 
 
-def run_side_by_side(fn: Callable, calls: Sequence[tuple], jobs: int, *, first: Sequence[int] = ()):
+def _stop_now(pool: ProcessPoolExecutor) -> None:
+    """Drop the calls not started and end the running ones: after a failure, a task beside it would otherwise hold
+    the command until it finished (hours, on a real GLUE task). Python 3.14 names this terminate_workers()."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+
+
+def run_side_by_side(fn: Callable, calls: Sequence[tuple], jobs: int, *, first: Sequence[int] = (),
+                     labels: Sequence[str] | None = None):
     """Yield what fn(*call) printed, for each call in order, running `jobs` of them at a time in worker processes
     that share torch's threads between them. `first`: indices of the calls to start before the others (the
-    longest), so that no worker is left with a long task at the end while the other waits.
+    longest), so that no worker is left with a long task at the end while the other waits. `labels` name the calls
+    in errors (default: their position).
 
     A GroundedBertError in a call is raised here, after what that call printed, and the calls still running are
     stopped; the reports of the calls before it were yielded already, as they would be one after another."""
+    labels = list(labels) if labels is not None else [f"#{i}" for i in range(len(calls))]
     order = list(first) + [i for i in range(len(calls)) if i not in set(first)]
     threads = max(1, torch.get_num_threads() // jobs)
-    with _context().Pool(jobs, initializer=_start_worker, initargs=(threads,)) as pool:
-        pending = {i: pool.apply_async(_run_captured, (fn, calls[i])) for i in order}
+    pool = ProcessPoolExecutor(jobs, mp_context=_context(), initializer=_start_worker, initargs=(threads,))
+    finished = False
+    try:
+        futures = {i: pool.submit(_run_captured, fn, calls[i]) for i in order}   # started in this order
         for i in range(len(calls)):
-            printed, error = pending[i].get()
+            try:
+                printed, error = futures[i].result()
+            except BrokenProcessPool:
+                raise GroundedBertError(f"task {labels[i]}: a worker process stopped without a result (killed, or out "
+                                        "of memory?); the tasks reported before it are complete; run the rest with "
+                                        "--jobs 1 to see the failure in the command's own process") from None
             yield printed   # what it printed before any error, as it would have run alone
             if error is not None:
-                raise GroundedBertError(error)   # leaving the `with` stops the workers
+                raise GroundedBertError(error)
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            _stop_now(pool)
