@@ -65,16 +65,16 @@ def test_a_user_error_comes_back_as_that_error_after_the_reports_before_it():
     assert reports == ["report of cola\n", "rte began\n"]
 
 
+def _dispatch_kill_mrpc(name: str, delay: float) -> None:
+    (_kill_myself if name == "mrpc" else _print_after)(name, delay)
+
+
 def test_a_killed_worker_is_named_instead_of_leaving_the_command_waiting():
     calls = [("mrpc", 0.0), ("cola", 5.0)]   # mrpc first: the first report asked for is the one that never comes
     started = time.monotonic()
     with pytest.raises(GroundedBertError, match=r"task mrpc: a worker process stopped without a result.*--jobs 1"):
         list(run_side_by_side(_dispatch_kill_mrpc, calls, jobs=2, labels=["mrpc", "cola"]))
     assert time.monotonic() - started < 60
-
-
-def _dispatch_kill_mrpc(name: str, delay: float) -> None:
-    (_kill_myself if name == "mrpc" else _print_after)(name, delay)
 
 
 def _dispatch_fail_or_wait(name: str, arg) -> None:

@@ -73,10 +73,10 @@ def run_side_by_side(fn: Callable, calls: Sequence[tuple], jobs: int, *, first: 
     A GroundedBertError in a call is raised here, after what that call printed, and the calls still running are
     stopped; the reports of the calls before it were yielded already, as they would be one after another."""
     labels = list(labels) if labels is not None else [f"#{i}" for i in range(len(calls))]
-    order = list(first) + [i for i in range(len(calls)) if i not in set(first)]
+    started_first = set(first)
+    order = list(first) + [i for i in range(len(calls)) if i not in started_first]
     threads = max(1, torch.get_num_threads() // jobs)
     pool = ProcessPoolExecutor(jobs, mp_context=_context(), initializer=_start_worker, initargs=(threads,))
-    finished = False
     try:
         futures = {i: pool.submit(_run_captured, fn, calls[i]) for i in order}   # started in this order
         for i in range(len(calls)):
@@ -89,9 +89,7 @@ def run_side_by_side(fn: Callable, calls: Sequence[tuple], jobs: int, *, first: 
             yield printed   # what it printed before any error, as it would have run alone
             if error is not None:
                 raise GroundedBertError(error)
-        finished = True
-    finally:
-        if finished:
-            pool.shutdown(wait=True)
-        else:
-            _stop_now(pool)
+    except BaseException:   # an error, or the caller closing the generator early (GeneratorExit)
+        _stop_now(pool)
+        raise
+    pool.shutdown(wait=True)
